@@ -1,0 +1,238 @@
+"""The in-process store of embedded mode: fast, not durable, and the executable
+specification every other store is tested against."""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from blackboard_server.domain import commit
+from blackboard_server.domain.errors import (
+    ConversationExists,
+    ConversationNotFound,
+    RequestIdReused,
+    RevisionCompacted,
+)
+from blackboard_server.domain.model import (
+    Change,
+    ChangeType,
+    CommitResult,
+    Conversation,
+    ConversationRef,
+    Entry,
+    Event,
+    Provenance,
+    Snapshot,
+    WriteBatch,
+)
+from blackboard_server.ports import Listener
+
+EXPIRY_AGENT = "blackboard:ttl"
+
+
+@dataclass(slots=True)
+class _Conversation:
+    ref: ConversationRef
+    metadata: dict[str, str]
+    create_time_ms: int
+    update_time_ms: int
+    idle_ttl_ms: int
+    head: int = 0
+    compact: int = 0
+    entries: dict[str, Entry] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)  # sorted
+    log: deque[Event] = field(default_factory=deque)
+    fences: dict[str, int] = field(default_factory=dict)
+    replies: dict[str, tuple[str, CommitResult, int]] = field(default_factory=dict)
+    reply_expiry: deque[tuple[int, str]] = field(default_factory=deque)
+
+    def view(self) -> Conversation:
+        return Conversation(
+            self.ref,
+            dict(self.metadata),
+            self.create_time_ms,
+            self.update_time_ms,
+            self.idle_ttl_ms,
+            self.head,
+            self.compact,
+        )
+
+
+class MemoryStore:
+    def __init__(self, *, retention: int = 10_000, dedupe_window_ms: int = 24 * 3600 * 1000):
+        self._retention = retention
+        self._dedupe_window_ms = dedupe_window_ms
+        self._conversations: dict[ConversationRef, _Conversation] = {}
+        self._expiries: list[tuple[int, ConversationRef, str]] = []  # heap
+        self._listeners: list[Listener] = []
+
+    # --- conversations --------------------------------------------------------
+
+    async def create_conversation(
+        self, ref: ConversationRef, metadata: dict[str, str], idle_ttl_ms: int, now_ms: int
+    ) -> Conversation:
+        if ref in self._conversations:
+            raise ConversationExists(ref.id)
+        conv = _Conversation(ref, dict(metadata), now_ms, now_ms, idle_ttl_ms)
+        self._conversations[ref] = conv
+        return conv.view()
+
+    async def get_conversation(self, ref: ConversationRef) -> Conversation:
+        return self._get(ref).view()
+
+    async def list_conversations(
+        self, tenant: str, after: str, limit: int
+    ) -> tuple[list[Conversation], bool]:
+        ids = sorted(r.id for r in self._conversations if r.tenant == tenant and r.id > after)
+        page = [self._conversations[ConversationRef(tenant, i)].view() for i in ids[:limit]]
+        return page, len(ids) > limit
+
+    async def delete_conversation(self, ref: ConversationRef) -> None:
+        self._get(ref)
+        del self._conversations[ref]
+        self._notify(ref, None)
+
+    def _get(self, ref: ConversationRef) -> _Conversation:
+        conv = self._conversations.get(ref)
+        if conv is None:
+            raise ConversationNotFound(ref.id)
+        return conv
+
+    # --- writes ---------------------------------------------------------------
+
+    async def commit(
+        self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
+    ) -> CommitResult:
+        conv = self._get(ref)
+        self._forget_replies(conv, now_ms)
+        if batch.request_id and batch.request_id in conv.replies:
+            stored_fingerprint, result, _ = conv.replies[batch.request_id]
+            if stored_fingerprint != fingerprint:
+                raise RequestIdReused(batch.request_id)
+            return result
+        fence_mark = conv.fences.get(batch.fence.mark, 0) if batch.fence else 0
+        plan = commit.plan(
+            batch, head=conv.head, lookup=conv.entries.get, fence_mark=fence_mark, now_ms=now_ms
+        )
+        if plan.event is None:
+            return CommitResult(plan.succeeded, conv.head, plan.results, plan.compared)
+        if batch.fence is not None:
+            conv.fences[batch.fence.mark] = max(fence_mark, batch.fence.token)
+        self._append(conv, plan.event)
+        result = CommitResult(plan.succeeded, plan.event.revision, plan.results, plan.compared)
+        if batch.request_id:
+            conv.replies[batch.request_id] = (fingerprint, _replayed(result), now_ms)
+            conv.reply_expiry.append((now_ms + self._dedupe_window_ms, batch.request_id))
+        return result
+
+    def _append(self, conv: _Conversation, event: Event) -> None:
+        for change in event.changes:
+            if change.entry is not None:
+                if change.previous is None:
+                    bisect.insort(conv.keys, change.key)
+                conv.entries[change.key] = change.entry
+                if change.entry.expires_ms:
+                    heapq.heappush(self._expiries, (change.entry.expires_ms, conv.ref, change.key))
+            else:
+                del conv.entries[change.key]
+                del conv.keys[bisect.bisect_left(conv.keys, change.key)]
+        conv.head = event.revision
+        conv.update_time_ms = event.time_ms
+        conv.log.append(event)
+        while len(conv.log) > self._retention:
+            conv.compact = conv.log.popleft().revision
+        self._notify(conv.ref, event)
+
+    def _forget_replies(self, conv: _Conversation, now_ms: int) -> None:
+        while conv.reply_expiry and conv.reply_expiry[0][0] <= now_ms:
+            _, request_id = conv.reply_expiry.popleft()
+            conv.replies.pop(request_id, None)
+
+    async def expire_due(self, now_ms: int, limit: int) -> int:
+        due: dict[ConversationRef, list[str]] = {}
+        count = 0
+        while self._expiries and self._expiries[0][0] <= now_ms and count < limit:
+            expires_ms, ref, key = heapq.heappop(self._expiries)
+            conv = self._conversations.get(ref)
+            entry = conv.entries.get(key) if conv else None
+            if entry is not None and entry.expires_ms == expires_ms:
+                due.setdefault(ref, []).append(key)
+                count += 1
+        for ref, keys in due.items():
+            conv = self._conversations[ref]
+            provenance = Provenance(agent_id=EXPIRY_AGENT, time_ms=now_ms)
+            changes = tuple(
+                Change(ChangeType.DELETE, k, None, conv.entries[k]) for k in sorted(set(keys))
+            )
+            self._append(conv, Event(conv.head + 1, now_ms, provenance, changes))
+        return count
+
+    # --- reads ----------------------------------------------------------------
+
+    async def read(
+        self, ref: ConversationRef, prefix: str, after: str, limit: int, *, exact: bool = False
+    ) -> Snapshot:
+        conv = self._get(ref)
+        if exact:
+            entry = conv.entries.get(prefix)
+            found = (entry,) if entry is not None else ()
+            return Snapshot(found, conv.head, conv.compact)
+        start = (
+            bisect.bisect_right(conv.keys, after)
+            if after >= prefix
+            else (bisect.bisect_left(conv.keys, prefix))
+        )
+        page: list[Entry] = []
+        more = False
+        for key in conv.keys[start:]:
+            if not key.startswith(prefix):
+                break
+            if len(page) == limit:
+                more = True
+                break
+            page.append(conv.entries[key])
+        return Snapshot(tuple(page), conv.head, conv.compact, more)
+
+    async def events(
+        self, ref: ConversationRef, start: int, end: int, limit: int
+    ) -> tuple[Sequence[Event], int]:
+        conv = self._get(ref)
+        if start <= conv.compact:
+            raise RevisionCompacted(start, conv.compact)
+        first = conv.compact + 1
+        stop = min(end, conv.head, start + limit - 1)
+        return [conv.log[r - first] for r in range(start, stop + 1)], conv.compact
+
+    async def head(self, ref: ConversationRef) -> tuple[int, int]:
+        conv = self._get(ref)
+        return conv.head, conv.compact
+
+    # --- notifications --------------------------------------------------------
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def watch(self, ref: ConversationRef) -> None:
+        """Every commit notifies in process; there is nothing to subscribe to."""
+
+    async def unwatch(self, ref: ConversationRef) -> None:
+        """See watch."""
+
+    def _notify(self, ref: ConversationRef, event: Event | None) -> None:
+        for listener in self._listeners:
+            listener(ref, event)
+
+    async def aclose(self) -> None:
+        self._conversations.clear()
+
+
+def _replayed(result: CommitResult) -> CommitResult:
+    return CommitResult(
+        result.succeeded, result.revision, result.results, result.compared, replayed=True
+    )
+
+
+__all__ = ["EXPIRY_AGENT", "MemoryStore"]

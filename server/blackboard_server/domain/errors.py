@@ -1,0 +1,160 @@
+"""Domain errors. Each names the reason it reports (the proto's ErrorReason).
+
+    BlackboardError
+    ├── InvalidArgument          bad input; carries field violations
+    │   └── RequestIdReused      the same request id for a different call
+    ├── ConversationNotFound
+    ├── KeyNotFound
+    ├── ConversationExists
+    ├── ConditionFailed          an expectation or compare did not hold
+    ├── Fenced                   a newer token exists for the fence
+    ├── NotJson                  Patch on a value that is not JSON
+    ├── RetriesExhausted         an internal optimistic retry gave up
+    ├── LimitExceeded            a configured limit or quota
+    ├── SlowSubscriber           a subscriber fell too far behind
+    ├── RevisionCompacted        the revision is no longer retained
+    ├── BackendUnavailable       Redis or etcd cannot be reached (retryable)
+    └── ShuttingDown             this replica is draining (retry elsewhere)
+
+api/errors.py maps each class to a gRPC status; the SDK inverts that table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+
+class BlackboardError(Exception):
+    reason: ClassVar[str] = "ERROR_REASON_UNSPECIFIED"
+
+    def __init__(self, message: str, **metadata: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: Mapping[str, str] = {k: str(v) for k, v in metadata.items()}
+
+
+class InvalidArgument(BlackboardError):
+    reason = "INVALID_FIELD"
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}", field=field)
+        self.violations: tuple[tuple[str, str], ...] = ((field, description),)
+
+
+class RequestIdReused(InvalidArgument):
+    reason = "REQUEST_ID_REUSED"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__("request_id", f"{request_id!r} was already used for a different call")
+
+
+class ConversationNotFound(BlackboardError):
+    reason = "CONVERSATION_NOT_FOUND"
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(
+            f"conversation {conversation_id!r} not found", conversation=conversation_id
+        )
+
+
+class KeyNotFound(BlackboardError):
+    reason = "KEY_NOT_FOUND"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key!r} not found", key=key)
+
+
+class ConversationExists(BlackboardError):
+    reason = "CONVERSATION_EXISTS"
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(
+            f"conversation {conversation_id!r} already exists", conversation=conversation_id
+        )
+
+
+class ConditionFailed(BlackboardError):
+    reason = "CONDITION_FAILED"
+
+    def __init__(self, key: str, current_version: int, current_mod_revision: int) -> None:
+        super().__init__(
+            f"expectation on {key!r} failed: its version is {current_version}",
+            key=key,
+            current_version=current_version,
+            current_mod_revision=current_mod_revision,
+        )
+        self.key = key
+        self.current_version = current_version
+        self.current_mod_revision = current_mod_revision
+
+
+class Fenced(BlackboardError):
+    reason = "FENCED"
+
+    def __init__(self, fence: str, token: int, current_token: int) -> None:
+        super().__init__(
+            f"fence {fence!r}: token {token} is stale, {current_token} is newer",
+            fence=fence,
+            token=token,
+            current_token=current_token,
+        )
+        self.current_token = current_token
+
+
+class NotJson(BlackboardError):
+    reason = "NOT_JSON"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"value of {key!r} is not JSON", key=key)
+
+
+class RetriesExhausted(BlackboardError):
+    reason = "RETRIES_EXHAUSTED"
+
+
+class LimitExceeded(BlackboardError):
+    reason = "LIMIT_EXCEEDED"
+
+    def __init__(self, limit: str, value: int, maximum: int) -> None:
+        super().__init__(f"{limit}: {value} exceeds {maximum}", limit=limit, maximum=maximum)
+        self.limit = limit
+
+
+class SlowSubscriber(BlackboardError):
+    reason = "SLOW_SUBSCRIBER"
+
+    def __init__(self, last_revision: int, lag: int) -> None:
+        super().__init__(
+            f"subscriber fell {lag} revisions behind; resume from {last_revision + 1}",
+            last_revision=last_revision,
+        )
+        self.last_revision = last_revision
+
+
+class RevisionCompacted(BlackboardError):
+    reason = "REVISION_COMPACTED"
+
+    def __init__(self, revision: int, compact_revision: int) -> None:
+        super().__init__(
+            f"revision {revision} is no longer retained (compacted up to {compact_revision})",
+            revision=revision,
+            compact_revision=compact_revision,
+        )
+        self.compact_revision = compact_revision
+
+
+class BackendUnavailable(BlackboardError):
+    reason = "BACKEND_UNAVAILABLE"
+
+    def __init__(self, backend: str, detail: str = "") -> None:
+        super().__init__(f"{backend} is unavailable{': ' + detail if detail else ''}")
+
+
+class ShuttingDown(BlackboardError):
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self, last_revision: int = 0) -> None:
+        super().__init__(
+            "server is shutting down; resume on another replica", last_revision=last_revision
+        )

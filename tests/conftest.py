@@ -1,0 +1,33 @@
+"""Fixtures that start real backends. Each test uses its own conversation ids,
+so one backend process serves a whole session."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import EtcdCluster, RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster(Path(tmp_path_factory.mktemp("etcd")), size=1).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """A fresh 3-member cluster for a test that kills members."""
+    cluster = EtcdCluster(tmp_path / "etcd3", size=3).start()
+    yield cluster
+    cluster.stop()

@@ -1,0 +1,252 @@
+"""Real redis-server and etcd processes on free loopback ports in temp dirs.
+
+Nothing here talks to a server on a standard port: every process is started by
+the test run and stopped by it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL: an etcd member without quorum can ignore SIGTERM."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def require(binary: str) -> str:
+    path = shutil.which(binary)
+    if path is None:
+        raise RuntimeError(f"{binary} is not installed: run 'make test', which installs it")
+    return path
+
+
+class RedisServer:
+    """One redis-server. `durable` turns on AOF with appendfsync always."""
+
+    def __init__(
+        self, workdir: Path, *, durable: bool = False, port: int = 0, extra: tuple[str, ...] = ()
+    ) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.durable = durable
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = [
+            require("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.workdir),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "warning",
+            "--logfile",
+            str(self.workdir / "redis.log"),
+        ]
+        if self.durable:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        args += list(self.extra)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self.ping, 10, f"redis-server on {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """kill -9: no chance to write anything more."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+class EtcdMember:
+    def __init__(self, name: str, workdir: Path) -> None:
+        self.name = name
+        self.workdir = workdir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://127.0.0.1:{self.peer_port}"
+
+    def start(self, initial_cluster: str, state: str = "new") -> None:
+        client = f"http://{self.endpoint}"
+        args = [
+            require("etcd"),
+            "--name",
+            self.name,
+            "--data-dir",
+            str(self.workdir / self.name),
+            "--listen-client-urls",
+            client,
+            "--advertise-client-urls",
+            client,
+            "--listen-peer-urls",
+            self.peer_url,
+            "--initial-advertise-peer-urls",
+            self.peer_url,
+            "--initial-cluster",
+            initial_cluster,
+            "--initial-cluster-state",
+            state,
+            "--initial-cluster-token",
+            f"bb-{self.workdir.name}",
+            "--heartbeat-interval",
+            "50",
+            "--election-timeout",
+            "250",
+            "--log-level",
+            "error",
+        ]
+        log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=log, stderr=log)
+        log.close()
+
+    def healthy(self) -> bool:
+        result = subprocess.run(
+            [
+                require("etcdctl"),
+                "--endpoints",
+                self.endpoint,
+                "--command-timeout=1s",
+                "endpoint",
+                "health",
+            ],
+            capture_output=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            check=False,
+        )
+        return result.returncode == 0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+class EtcdCluster:
+    """One or three etcd members on loopback, with fast elections."""
+
+    def __init__(self, workdir: Path, size: int = 1) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.members = [EtcdMember(f"m{i}", workdir) for i in range(size)]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.members]
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+
+    def start(self) -> EtcdCluster:
+        for member in self.members:
+            member.start(self.initial_cluster)
+        wait_for(lambda: all(m.healthy() for m in self.members), 30, "etcd cluster")
+        return self
+
+    def leader(self) -> EtcdMember:
+        for member in self.members:
+            result = subprocess.run(
+                [
+                    require("etcdctl"),
+                    "--endpoints",
+                    member.endpoint,
+                    "--command-timeout=1s",
+                    "endpoint",
+                    "status",
+                    "--write-out=fields",
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "ETCDCTL_API": "3"},
+                check=False,
+            )
+            fields = dict(
+                line.split(" : ", 1) for line in result.stdout.splitlines() if " : " in line
+            )
+            if fields.get('"MemberID"') == fields.get('"Leader"') and result.returncode == 0:
+                return member
+        raise RuntimeError("no etcd leader")
+
+    def restart(self, member: EtcdMember) -> None:
+        member.start(self.initial_cluster, state="existing")
+
+    def stop(self) -> None:
+        for member in self.members:
+            member.stop()
+
+
+@contextlib.contextmanager
+def running(server: RedisServer | EtcdCluster) -> Iterator[RedisServer | EtcdCluster]:
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
