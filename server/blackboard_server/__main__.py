@@ -1,0 +1,44 @@
+"""`blackboard-server`: read settings, serve until SIGTERM or SIGINT, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+from blackboard_server import logs
+from blackboard_server.app import serve
+from blackboard_server.config import Settings, SettingsError
+
+
+async def _run(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(settings):
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = Settings.load(sys.argv[1:] if argv is None else argv, os.environ)
+    except SettingsError as error:
+        print(f"blackboard-server: {error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level, settings.log_format)
+    if settings.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(_run(settings))
+            return 0
+    asyncio.run(_run(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

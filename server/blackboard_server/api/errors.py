@@ -1,0 +1,103 @@
+"""The one table from domain errors to gRPC status, with google.rpc details.
+
+Every status a handler sends carries a google.rpc.Status in the
+`grpc-status-details-bin` trailer: an ErrorInfo (domain "blackboard.v1", the
+reason name, typed metadata) and, for bad input, a BadRequest naming the field.
+The SDK inverts this table by reason.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from blackboard_server.domain import errors as e
+
+DOMAIN = "blackboard.v1"
+log = structlog.get_logger("blackboard.api")
+
+# Most specific first: the first matching class wins.
+TABLE: tuple[tuple[type[e.BlackboardError], grpc.StatusCode], ...] = (
+    (e.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (e.ConversationNotFound, grpc.StatusCode.NOT_FOUND),
+    (e.KeyNotFound, grpc.StatusCode.NOT_FOUND),
+    (e.ConversationExists, grpc.StatusCode.ALREADY_EXISTS),
+    (e.ConditionFailed, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.Fenced, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.NotJson, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.RetriesExhausted, grpc.StatusCode.ABORTED),
+    (e.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.SlowSubscriber, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.RevisionCompacted, grpc.StatusCode.OUT_OF_RANGE),
+    (e.BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (e.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_code(error: e.BlackboardError) -> grpc.StatusCode:
+    for cls, code in TABLE:
+        if isinstance(error, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(error: e.BlackboardError) -> grpc.Status:
+    code = status_code(error)
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=DOMAIN, metadata=dict(error.metadata)
+    )
+    details = [_pack(info)]
+    if isinstance(error, e.InvalidArgument):
+        bad = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
+                for f, d in error.violations
+            ]
+        )
+        details.append(_pack(bad))
+    message = status_pb2.Status(code=_code_number(code), message=error.message, details=details)
+    return rpc_status.to_status(message)
+
+
+def _pack(message: Any) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _code_number(code: grpc.StatusCode) -> int:
+    number: int = code.value[0]
+    assert code_pb2.Code.Name(number)
+    return number
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: e.BlackboardError) -> None:
+    status = to_status(error)
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+H = TypeVar("H")
+
+
+def unary(handler: Callable[..., Awaitable[H]]) -> Callable[..., Awaitable[H]]:
+    """Turns domain errors of a unary handler into statuses; anything else is a bug."""
+
+    @functools.wraps(handler)
+    async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> H:
+        try:
+            return await handler(self, request, context)
+        except e.BlackboardError as error:
+            await abort(context, error)
+            raise  # abort raises; this line is for the type checker
+        except Exception:
+            log.exception("unhandled error", rpc=handler.__name__)
+            raise
+
+    return wrapped

@@ -1,0 +1,38 @@
+"""Method handlers built from the service descriptor, so every RPC in the proto
+is served and a missing servicer method fails at start, not at call time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from blackboard.v1 import blackboard_pb2 as pb
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+
+BLACKBOARD = pb.DESCRIPTOR.services_by_name["Blackboard"]
+
+
+def _serialize(message: Any) -> bytes:
+    # Streams send pre-encoded bytes (each event is encoded once per replica).
+    if isinstance(message, bytes):
+        return message
+    data: bytes = message.SerializeToString()
+    return data
+
+
+def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        behaviour = getattr(servicer, method.name, None)
+        if behaviour is None:
+            raise TypeError(f"{type(servicer).__name__} does not implement {method.full_name}")
+        request = message_factory.GetMessageClass(method.input_type)
+        if method.server_streaming:
+            make = grpc.unary_stream_rpc_method_handler
+        else:
+            make = grpc.unary_unary_rpc_method_handler
+        handlers[method.name] = make(
+            behaviour, request_deserializer=request.FromString, response_serializer=_serialize
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

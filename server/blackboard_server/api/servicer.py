@@ -1,0 +1,184 @@
+"""The blackboard.v1.Blackboard servicer: unpack, call a service, pack."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import grpc
+from blackboard.v1 import blackboard_pb2 as pb
+
+from blackboard_server.api import convert
+from blackboard_server.api.errors import unary
+from blackboard_server.domain.errors import SlowSubscriber
+from blackboard_server.services.blackboard import BlackboardService, Caller
+from blackboard_server.services.subscription import SubscribeOptions, Subscriptions, resume_point
+
+Context = grpc.aio.ServicerContext[Any, Any]
+AGENT_HEADER = "x-agent-id"
+
+
+def caller(context: Context, tenant: str) -> Caller:
+    agent = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == AGENT_HEADER:
+            agent = value if isinstance(value, str) else value.decode()
+    return Caller(tenant=tenant, agent_id=agent[:128])
+
+
+class BlackboardServicer:
+    def __init__(
+        self,
+        blackboard: BlackboardService,
+        subscriptions: Subscriptions,
+        *,
+        tenant: str,
+        write_timeout_s: float,
+    ) -> None:
+        self._bb = blackboard
+        self._subs = subscriptions
+        self._tenant = tenant
+        self._write_timeout = write_timeout_s
+
+    def _caller(self, context: Context) -> Caller:
+        return caller(context, self._tenant)
+
+    @unary
+    async def CreateConversation(self, r: pb.CreateConversationRequest, c: Context) -> Any:
+        created = await self._bb.create_conversation(
+            self._caller(c), r.id or _new_id(), dict(r.metadata), r.idle_ttl_ms
+        )
+        return convert.conversation(created)
+
+    @unary
+    async def GetConversation(self, r: pb.GetConversationRequest, c: Context) -> Any:
+        return convert.conversation(await self._bb.get_conversation(self._caller(c), r.id))
+
+    @unary
+    async def ListConversations(self, r: pb.ListConversationsRequest, c: Context) -> Any:
+        page, token = await self._bb.list_conversations(self._caller(c), r.page_size, r.page_token)
+        return pb.ListConversationsResponse(
+            conversations=[convert.conversation(x) for x in page], next_page_token=token
+        )
+
+    @unary
+    async def DeleteConversation(self, r: pb.DeleteConversationRequest, c: Context) -> Any:
+        await self._bb.delete_conversation(self._caller(c), r.id)
+        return pb.DeleteConversationResponse()
+
+    @unary
+    async def Get(self, r: pb.GetRequest, c: Context) -> Any:
+        entry, revision = await self._bb.get(self._caller(c), r.conversation_id, r.key, r.revision)
+        response = pb.GetResponse(revision=revision)
+        convert.entry(entry, response.entry)
+        return response
+
+    @unary
+    async def Range(self, r: pb.RangeRequest, c: Context) -> Any:
+        page, token = await self._bb.range(
+            self._caller(c), r.conversation_id, r.prefix, r.revision, r.page_size, r.page_token
+        )
+        response = pb.RangeResponse(revision=page.revision, next_page_token=token)
+        for entry in page.entries:
+            convert.entry(entry, response.entries.add(), with_value=not r.keys_only)
+        return response
+
+    @unary
+    async def History(self, r: pb.HistoryRequest, c: Context) -> Any:
+        exact = r.WhichOneof("selector") == "key"
+        events, next_revision, compact = await self._bb.history(
+            self._caller(c),
+            r.conversation_id,
+            r.key if exact else r.prefix,
+            exact,
+            r.from_revision,
+            r.to_revision,
+            r.page_size,
+        )
+        return pb.HistoryResponse(
+            events=[convert.event(e, with_previous=r.with_previous) for e in events],
+            next_revision=next_revision,
+            compact_revision=compact,
+        )
+
+    @unary
+    async def Put(self, r: pb.PutRequest, c: Context) -> Any:
+        written = await self._bb.put(
+            self._caller(c),
+            r.conversation_id,
+            convert.put(r),
+            convert.expect(r.expect, r.HasField("expect")),
+            r.request_id,
+            convert.fence(r.fence, r.HasField("fence")),
+        )
+        return convert.write_result(written)
+
+    @unary
+    async def Delete(self, r: pb.DeleteRequest, c: Context) -> Any:
+        written = await self._bb.delete(
+            self._caller(c),
+            r.conversation_id,
+            r.key,
+            convert.expect(r.expect, r.HasField("expect")),
+            r.request_id,
+            convert.fence(r.fence, r.HasField("fence")),
+        )
+        return convert.write_result(written)
+
+    @unary
+    async def Append(self, r: pb.AppendRequest, c: Context) -> Any:
+        written = await self._bb.append(
+            self._caller(c),
+            r.conversation_id,
+            convert.append(r),
+            r.request_id,
+            convert.fence(r.fence, r.HasField("fence")),
+        )
+        return convert.write_result(written)
+
+    @unary
+    async def Patch(self, r: pb.PatchRequest, c: Context) -> Any:
+        written, data = await self._bb.patch(
+            self._caller(c),
+            r.conversation_id,
+            r.key,
+            r.merge_patch,
+            convert.expect(r.expect, r.HasField("expect")),
+            r.request_id,
+            convert.fence(r.fence, r.HasField("fence")),
+        )
+        return pb.PatchResponse(
+            result=convert.write_result(written),
+            value=pb.Value(data=data, content_type="application/json"),
+        )
+
+    @unary
+    async def Txn(self, r: pb.TxnRequest, c: Context) -> Any:
+        result = await self._bb.txn(
+            self._caller(c),
+            r.conversation_id,
+            tuple(convert.compare(x, i) for i, x in enumerate(r.compares)),
+            convert.txn_ops(r.success, "success"),
+            convert.txn_ops(r.failure, "failure"),
+            r.request_id,
+            convert.fence(r.fence, r.HasField("fence")),
+        )
+        return convert.txn_result(result)
+
+    @unary
+    async def Subscribe(self, r: pb.SubscribeRequest, c: Context) -> None:
+        options = SubscribeOptions(r.prefix, r.start_revision, r.no_reset, r.with_previous)
+        resume = r.start_revision - 1
+        async for item in self._subs.stream(self._caller(c), r.conversation_id, options):
+            try:
+                # A reader that stops reading would otherwise hold this write forever.
+                async with asyncio.timeout(self._write_timeout):
+                    await c.write(convert.stream_item(item, with_previous=r.with_previous))
+            except TimeoutError:
+                raise SlowSubscriber(resume, 0) from None
+            resume = resume_point(item, resume)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex

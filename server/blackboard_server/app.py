@@ -1,0 +1,142 @@
+"""The composition root: builds every part from Settings and owns their lifetimes.
+
+Shutdown runs in the reverse order of start-up: health goes NOT_SERVING, open
+streams end with a resumable status (UNAVAILABLE, reason SHUTTING_DOWN, and the
+last revision sent), in-flight unary calls get the grace period, then the
+background tasks and the store close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from blackboard_server.adapters.memory import MemoryStore
+from blackboard_server.api import convert
+from blackboard_server.api.handlers import BLACKBOARD, generic_handler
+from blackboard_server.api.servicer import BlackboardServicer
+from blackboard_server.config import Settings
+from blackboard_server.ports import StateStore
+from blackboard_server.services.blackboard import BlackboardService
+from blackboard_server.services.hub import Hub
+from blackboard_server.services.subscription import StreamLimits, Subscriptions
+from blackboard_server.services.sweeper import sweep_forever
+
+log = structlog.get_logger("blackboard")
+HEALTH_SERVICES = ("", BLACKBOARD.full_name)
+
+
+class SystemClock:
+    def now_ms(self) -> int:
+        return time.time_ns() // 1_000_000
+
+
+@dataclass
+class RunningServer:
+    settings: Settings
+    port: int
+    store: StateStore
+    hub: Hub
+    health: health.aio.HealthServicer
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rpartition(":")[0].strip("[]")
+        return f"{host}:{self.port}"
+
+
+async def open_store(settings: Settings) -> StateStore:
+    retention = settings.retention
+    window_ms = int(settings.dedupe_window_s * 1000)
+    if settings.embedded:
+        return MemoryStore(retention=retention, dedupe_window_ms=window_ms)
+    from blackboard_server.adapters.redis_store import RedisStore
+
+    return await RedisStore.connect(
+        settings.redis_url,
+        retention=retention,
+        dedupe_window_ms=window_ms,
+        timeout_s=settings.redis_timeout_s,
+    )
+
+
+@asynccontextmanager
+async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
+    if settings.embedded:
+        log.warning(
+            "embedded mode: state is in memory and NOT durable; loopback only",
+            listen=settings.listen,
+        )
+    else:
+        log.info("starting", listen=settings.listen, store="redis")
+    async with AsyncExitStack() as stack:
+        store = await open_store(settings)
+        stack.push_async_callback(store.aclose)
+        clock = SystemClock()
+        hub = Hub(
+            store,
+            convert.encode_event,
+            capacity=settings.feed_buffer,
+            poll_interval_s=min(1.0, settings.progress_interval_s),
+        )
+        await stack.enter_async_context(hub.running())
+        blackboard = BlackboardService(
+            store, clock, settings.limits, patch_retries=settings.patch_retries
+        )
+        stream = StreamLimits(
+            settings.subscriber_max_lag,
+            settings.subscriber_batch,
+            settings.snapshot_chunk,
+            settings.progress_interval_s,
+        )
+        subscriptions = Subscriptions(
+            store, hub, blackboard, convert.encode_event, settings.limits, stream
+        )
+        servicer = BlackboardServicer(
+            blackboard,
+            subscriptions,
+            tenant=settings.tenant,
+            write_timeout_s=settings.subscriber_write_timeout_s,
+        )
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", settings.max_request_bytes),
+                ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        server.add_generic_rpc_handlers([generic_handler(BLACKBOARD, servicer)])
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (BLACKBOARD.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        port = server.add_insecure_port(settings.listen)
+        await server.start()
+        for name in HEALTH_SERVICES:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        background = await stack.enter_async_context(asyncio.TaskGroup())
+        sweeper = background.create_task(
+            sweep_forever(store, clock, settings.sweep_interval_s), name="ttl-sweeper"
+        )
+        running = RunningServer(settings, port, store, hub, health_servicer)
+        log.info("serving", address=running.address)
+        try:
+            yield running
+        finally:
+            for name in HEALTH_SERVICES:
+                await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            hub.close()
+            await server.stop(settings.shutdown_grace_s)
+            sweeper.cancel()
+            log.info("stopped", address=running.address)

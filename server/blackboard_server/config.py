@@ -1,0 +1,168 @@
+"""Settings: one frozen object, built once from flags and BB_* variables.
+
+Every field is a flag (`--redis-url`) and an environment variable
+(`BB_REDIS_URL`); a flag wins over the environment, the environment over the
+default below. Nothing else in the server reads os.environ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from blackboard_server.domain.limits import Limits
+
+ENV_PREFIX = "BB_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or contradicts another."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    redis_url: str = ""  # empty: embedded mode (in-memory, not durable)
+    redis_timeout_s: float = 5.0
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | json | console
+    tenant: str = "default"
+    # The change log and idempotency.
+    retention: int = 10_000  # events kept per conversation for resume and past reads
+    dedupe_window_s: float = 86_400.0
+    # Limits on input.
+    max_key_bytes: int = 512
+    max_value_bytes: int = 1 << 20
+    max_txn_ops: int = 128
+    max_page_size: int = 1000
+    default_page_size: int = 100
+    max_request_bytes: int = 4 << 20
+    patch_retries: int = 32
+    # Subscribers.
+    subscriber_max_lag: int = 10_000  # events behind the head before a subscriber is ended
+    subscriber_batch: int = 1000  # events per stream message at most
+    subscriber_write_timeout_s: float = 30.0
+    snapshot_chunk: int = 500  # entries per snapshot message
+    progress_interval_s: float = 5.0
+    feed_buffer: int = 4096  # recent events each conversation keeps in memory for fan-out
+    # Background work.
+    sweep_interval_s: float = 0.2
+    shutdown_grace_s: float = 10.0
+    uvloop: bool = True
+
+    @property
+    def embedded(self) -> bool:
+        return not self.redis_url
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            max_key_bytes=self.max_key_bytes,
+            max_value_bytes=self.max_value_bytes,
+            max_txn_ops=self.max_txn_ops,
+            max_page_size=self.max_page_size,
+            default_page_size=self.default_page_size,
+        )
+
+    def replace(self, **changes: Any) -> Settings:
+        return validated(dataclasses.replace(self, **changes))
+
+    @classmethod
+    def load(cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] = {}) -> Settings:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, f.type, raw)
+        parsed = _parser().parse_args(list(argv or []))
+        for name, raw in vars(parsed).items():
+            if raw is not None:
+                values[name] = _parse(name, _field_type(name), raw)
+        return validated(cls(**values))
+
+
+def validated(settings: Settings) -> Settings:
+    host, _, port = settings.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise SettingsError(f"listen: expected HOST:PORT, got {settings.listen!r}")
+    if settings.embedded and not _is_loopback(host):
+        raise SettingsError(
+            "embedded mode has no authentication and is not durable: it listens on loopback "
+            f"only (got {settings.listen!r}); set --redis-url for a real deployment"
+        )
+    if settings.log_format not in ("auto", "json", "console"):
+        raise SettingsError("log_format: expected auto, json or console")
+    for name in (
+        "retention",
+        "max_key_bytes",
+        "max_value_bytes",
+        "max_txn_ops",
+        "max_page_size",
+        "default_page_size",
+        "subscriber_max_lag",
+        "subscriber_batch",
+        "snapshot_chunk",
+        "feed_buffer",
+        "patch_retries",
+    ):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"{name}: must be positive")
+    if settings.default_page_size > settings.max_page_size:
+        raise SettingsError("default_page_size: must not exceed max_page_size")
+    if settings.max_request_bytes < settings.max_value_bytes + 64 * 1024:
+        raise SettingsError("max_request_bytes: must leave room for a value of max_value_bytes")
+    return settings
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _field_type(name: str) -> str:
+    return next(str(f.type) for f in fields(Settings) if f.name == name)
+
+
+def _parse(name: str, kind: object, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "bool":
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}: cannot read {raw!r} as {kind}") from None
+    return raw
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blackboard-server",
+        description="Blackboard: a coordination server for teams of AI agents.",
+        epilog="Every flag can also be set as BB_<NAME> in the environment.",
+    )
+    defaults = Settings()
+    for f in fields(Settings):
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            metavar=str(f.type).upper(),
+            help=f"(default: {getattr(defaults, f.name)!r})",
+        )
+    return parser

@@ -1,0 +1,203 @@
+"""Fan-out: one feed per conversation with local subscribers.
+
+A feed holds the conversation's most recent events in order and without gaps,
+each encoded for the wire once. Subscribers do not get their own copies: each
+keeps a cursor into the feed and pulls what is new when woken, so a thousand
+subscribers cost one encoding per event and a wake-up each, and a slow one
+costs nothing but its cursor.
+
+Notifications are hints. A notification that does not continue the feed
+(a gap after a missed message, a reconnect, a deleted conversation) wakes the
+feed's pump, which reads the log, the source of truth. The pump also polls at
+an interval, so even a lost notification delays an event by at most that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
+
+from blackboard_server.domain.errors import ConversationNotFound, RevisionCompacted
+from blackboard_server.domain.model import ConversationRef, Event
+from blackboard_server.ports import StateStore
+
+Encoder = Callable[[Event], bytes]
+PAGE = 1000
+
+
+class Feed:
+    def __init__(self, ref: ConversationRef, head: int, capacity: int) -> None:
+        self.ref = ref
+        self.head = head  # every revision up to here is known (in memory or in the log)
+        self.gone = False  # the conversation was deleted
+        self.closing = False  # this replica is shutting down
+        self._events: deque[Event] = deque(maxlen=capacity)
+        self._wire: deque[bytes] = deque(maxlen=capacity)
+        self._advanced = asyncio.Event()
+        self.kick = asyncio.Event()  # asks the pump to read the log
+        self.subscribers = 0
+
+    def advance(self, event: Event, wire: bytes) -> bool:
+        if event.revision != self.head + 1:
+            return False
+        self._events.append(event)
+        self._wire.append(wire)
+        self.head = event.revision
+        self._wake()
+        return True
+
+    def restart_at(self, revision: int) -> None:
+        """The log was compacted past the feed: continue from `revision`."""
+        self._events.clear()
+        self._wire.clear()
+        self.head = revision
+        self._wake()
+
+    def end(self, *, gone: bool = False, closing: bool = False) -> None:
+        self.gone = self.gone or gone
+        self.closing = self.closing or closing
+        self._wake()
+
+    def _wake(self) -> None:
+        # Event.set resolves every current waiter; clearing at once makes it a broadcast.
+        self._advanced.set()
+        self._advanced.clear()
+
+    def since(self, after: int, limit: int) -> tuple[list[Event], list[bytes]] | None:
+        """Events after revision `after` held in memory; None if they are older than that."""
+        if after >= self.head:
+            return [], []
+        first = self.head - len(self._events) + 1
+        if after + 1 < first:
+            return None
+        start = after + 1 - first
+        stop = start + limit
+        return (
+            list(itertools.islice(self._events, start, stop)),
+            list(itertools.islice(self._wire, start, stop)),
+        )
+
+    async def wait(self, after: int, within_s: float) -> bool:
+        """Waits until the head passes `after` (or the feed ends); False on timeout."""
+        if self.head > after or self.gone or self.closing:
+            return True
+        try:
+            async with asyncio.timeout(within_s):
+                await self._advanced.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+class Hub:
+    def __init__(
+        self, store: StateStore, encoder: Encoder, *, capacity: int, poll_interval_s: float
+    ) -> None:
+        self._store = store
+        self._encode = encoder
+        self._capacity = capacity
+        self._poll = poll_interval_s
+        self._feeds: dict[ConversationRef, Feed] = {}
+        self._pumps: dict[ConversationRef, asyncio.Task[None]] = {}
+        self._tasks: asyncio.TaskGroup | None = None
+        self._closing = False
+        store.listen(self._on_notify)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Hub]:
+        """Owns the pumps: they live in this task group and end with it."""
+        async with asyncio.TaskGroup() as tasks:
+            self._tasks = tasks
+            try:
+                yield self
+            finally:
+                self.close()
+                for pump in self._pumps.values():
+                    pump.cancel()
+
+    def close(self) -> None:
+        """Ends every stream with a resumable status (the replica is draining)."""
+        self._closing = True
+        for feed in self._feeds.values():
+            feed.end(closing=True)
+
+    @property
+    def subscribers(self) -> int:
+        return sum(f.subscribers for f in self._feeds.values())
+
+    @asynccontextmanager
+    async def attach(self, ref: ConversationRef) -> AsyncIterator[Feed]:
+        feed = self._feeds.get(ref)
+        if feed is None:
+            feed = await self._open(ref)
+        feed.subscribers += 1
+        try:
+            yield feed
+        finally:
+            feed.subscribers -= 1
+            if feed.subscribers == 0 and self._feeds.get(ref) is feed:
+                del self._feeds[ref]
+                pump = self._pumps.pop(ref, None)
+                if pump is not None:
+                    pump.cancel()
+
+    async def _open(self, ref: ConversationRef) -> Feed:
+        assert self._tasks is not None, "Hub.running() must be entered first"
+        await self._store.watch(ref)
+        try:
+            head, _ = await self._store.head(ref)
+        except BaseException:
+            await self._store.unwatch(ref)
+            raise
+        existing = self._feeds.get(ref)
+        if existing is not None:  # another subscriber opened it while we awaited
+            return existing
+        feed = Feed(ref, head, self._capacity)
+        if self._closing:
+            feed.end(closing=True)
+        self._feeds[ref] = feed
+        self._pumps[ref] = self._tasks.create_task(self._pump(feed))
+        return feed
+
+    def _on_notify(self, ref: ConversationRef, event: Event | None) -> None:
+        feed = self._feeds.get(ref)
+        if feed is None:
+            return
+        if event is not None and event.revision <= feed.head:
+            return  # already have it
+        if event is not None and feed.advance(event, self._encode(event)):
+            return
+        feed.kick.set()
+
+    async def _pump(self, feed: Feed) -> None:
+        try:
+            while not feed.gone:
+                with suppress(TimeoutError):
+                    async with asyncio.timeout(self._poll):
+                        await feed.kick.wait()
+                feed.kick.clear()
+                await self._catch_up(feed)
+        finally:
+            with suppress(Exception):
+                await self._store.unwatch(feed.ref)
+
+    async def _catch_up(self, feed: Feed) -> None:
+        try:
+            head, _ = await self._store.head(feed.ref)
+            while feed.head < head:
+                try:
+                    events, _ = await self._store.events(feed.ref, feed.head + 1, head, PAGE)
+                except RevisionCompacted as compacted:
+                    feed.restart_at(compacted.compact_revision)
+                    continue
+                if not events:
+                    return
+                for event in events:
+                    feed.advance(event, self._encode(event))
+        except ConversationNotFound:
+            feed.end(gone=True)
+        except Exception:
+            return
