@@ -1,0 +1,398 @@
+"""The async client: one method per RPC of blackboard.v1.Blackboard, plus pagers.
+
+Every call gets the client's deadline and retry policy; every write gets a
+request id (a uuid4 unless the caller gave one), made once per call and sent
+on every attempt, so a retried write is applied once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import orjson
+from blackboard.v1 import blackboard_pb2 as pb
+from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
+
+from blackboard_client import _convert
+from blackboard_client._errors import error_from_rpc
+from blackboard_client._model import (
+    UNSET,
+    Compare,
+    Conversation,
+    ConversationPage,
+    Entry,
+    Event,
+    Expect,
+    Fence,
+    HistoryPage,
+    PatchResult,
+    RangePage,
+    TxnOp,
+    TxnResult,
+    Value,
+    WriteResult,
+    make_value,
+)
+from blackboard_client._retry import RetryPolicy
+from blackboard_client._subscribe import Subscription, grpc_opener
+from blackboard_client._view import Mirror
+
+R = TypeVar("R")
+
+AGENT_ID_HEADER = "x-agent-id"
+
+
+def connect(
+    target: str,
+    *,
+    agent_id: str | None = None,
+    timeout: float | None = 10.0,
+    retry: RetryPolicy | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> Client:
+    """A client for the server at `target` ("host:port"), used as `async with`.
+
+    `timeout` is the deadline of each attempt of each unary call, in seconds
+    (None: no deadline). `metadata` is sent with every call (e.g. an
+    authorization header).
+    """
+    headers = dict(metadata or {})
+    if agent_id:
+        headers[AGENT_ID_HEADER] = agent_id
+    channel = grpc.aio.insecure_channel(target)
+    return Client(channel, timeout=timeout, retry=retry or RetryPolicy(), metadata=headers)
+
+
+def _request_id(given: str | None) -> str:
+    return given or str(uuid.uuid4())
+
+
+class Client:
+    """Made by `connect()`. Safe to share between tasks of one event loop."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout: float | None,
+        retry: RetryPolicy,
+        metadata: Mapping[str, str],
+    ) -> None:
+        self._channel = channel
+        self._stub = pb_grpc.BlackboardStub(channel)
+        self._timeout = timeout
+        self.retry = retry
+        self._metadata = tuple(metadata.items())
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
+        async def attempt() -> R:
+            try:
+                return await method(request, timeout=self._timeout, metadata=self._metadata)
+            except grpc.RpcError as error:
+                raise error_from_rpc(error) from error
+
+        return await self.retry.run(attempt)
+
+    # --- conversations ------------------------------------------------------------
+
+    async def create_conversation(
+        self, id: str = "", *, metadata: Mapping[str, str] | None = None, idle_ttl_ms: int = 0
+    ) -> Conversation:
+        """Creates a conversation; an empty id lets the server pick one."""
+        request = pb.CreateConversationRequest(
+            id=id, metadata=dict(metadata or {}), idle_ttl_ms=idle_ttl_ms
+        )
+        return _convert.conversation(await self._call(self._stub.CreateConversation, request))
+
+    async def get_conversation(self, id: str) -> Conversation:
+        request = pb.GetConversationRequest(id=id)
+        return _convert.conversation(await self._call(self._stub.GetConversation, request))
+
+    async def list_conversations(
+        self, *, page_size: int = 0, page_token: str = ""
+    ) -> ConversationPage:
+        request = pb.ListConversationsRequest(page_size=page_size, page_token=page_token)
+        return _convert.conversation_page(await self._call(self._stub.ListConversations, request))
+
+    async def iter_conversations(self, *, page_size: int = 0) -> AsyncGenerator[Conversation, None]:
+        token = ""
+        while True:
+            page = await self.list_conversations(page_size=page_size, page_token=token)
+            for conversation in page.conversations:
+                yield conversation
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def delete_conversation(self, id: str) -> None:
+        await self._call(self._stub.DeleteConversation, pb.DeleteConversationRequest(id=id))
+
+    # --- reads --------------------------------------------------------------------
+
+    async def get(self, conversation_id: str, key: str, *, revision: int = 0) -> Entry:
+        """The entry at `key` (latest, or as of `revision`); KeyNotFound if absent."""
+        request = pb.GetRequest(conversation_id=conversation_id, key=key, revision=revision)
+        response = await self._call(self._stub.Get, request)
+        return _convert.entry(response.entry)
+
+    async def range(
+        self,
+        conversation_id: str,
+        prefix: str = "",
+        *,
+        revision: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        keys_only: bool = False,
+    ) -> RangePage:
+        """One page of the entries under `prefix`, in key order."""
+        request = pb.RangeRequest(
+            conversation_id=conversation_id,
+            prefix=prefix,
+            revision=revision,
+            page_size=page_size,
+            page_token=page_token,
+            keys_only=keys_only,
+        )
+        return _convert.range_page(await self._call(self._stub.Range, request))
+
+    async def iter_range(
+        self,
+        conversation_id: str,
+        prefix: str = "",
+        *,
+        revision: int = 0,
+        page_size: int = 0,
+        keys_only: bool = False,
+    ) -> AsyncGenerator[Entry, None]:
+        """Every entry under `prefix`, page after page, all read at one revision."""
+        token = ""
+        while True:
+            page = await self.range(
+                conversation_id,
+                prefix,
+                revision=revision,
+                page_size=page_size,
+                page_token=token,
+                keys_only=keys_only,
+            )
+            revision = page.revision
+            for entry in page.entries:
+                yield entry
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def history(
+        self,
+        conversation_id: str,
+        *,
+        key: str | None = None,
+        prefix: str | None = None,
+        from_revision: int = 0,
+        to_revision: int = 0,
+        page_size: int = 0,
+        with_previous: bool = False,
+    ) -> HistoryPage:
+        """One page of the events touching `key` (or `prefix`), oldest first."""
+        if key is not None and prefix is not None:
+            raise TypeError("pass key= or prefix=, not both")
+        request = pb.HistoryRequest(
+            conversation_id=conversation_id,
+            from_revision=from_revision,
+            to_revision=to_revision,
+            page_size=page_size,
+            with_previous=with_previous,
+        )
+        if key is not None:
+            request.key = key
+        elif prefix is not None:
+            request.prefix = prefix
+        return _convert.history_page(await self._call(self._stub.History, request))
+
+    async def iter_history(
+        self,
+        conversation_id: str,
+        *,
+        key: str | None = None,
+        prefix: str | None = None,
+        from_revision: int = 0,
+        to_revision: int = 0,
+        page_size: int = 0,
+        with_previous: bool = False,
+    ) -> AsyncGenerator[Event, None]:
+        while True:
+            page = await self.history(
+                conversation_id,
+                key=key,
+                prefix=prefix,
+                from_revision=from_revision,
+                to_revision=to_revision,
+                page_size=page_size,
+                with_previous=with_previous,
+            )
+            for event in page.events:
+                yield event
+            if not page.next_revision:
+                return
+            from_revision = page.next_revision
+
+    # --- writes -------------------------------------------------------------------
+
+    async def put(
+        self,
+        conversation_id: str,
+        key: str,
+        value: bytes | str | Value | None = None,
+        *,
+        json: Any = UNSET,
+        content_type: str | None = None,
+        expect: Expect | None = None,
+        ttl_ms: int = 0,
+        request_id: str | None = None,
+        fence: Fence | None = None,
+    ) -> WriteResult:
+        """Sets `key` to bytes, text (`str`), a `Value`, or `json=` any JSON value."""
+        request = pb.PutRequest(
+            conversation_id=conversation_id,
+            key=key,
+            value=_convert.value_pb(make_value(value, json, content_type)),
+            expect=_convert.expect_pb(expect),
+            ttl_ms=ttl_ms,
+            request_id=_request_id(request_id),
+            fence=_convert.fence_pb(fence),
+        )
+        return _convert.write_result(await self._call(self._stub.Put, request))
+
+    async def delete(
+        self,
+        conversation_id: str,
+        key: str,
+        *,
+        expect: Expect | None = None,
+        request_id: str | None = None,
+        fence: Fence | None = None,
+    ) -> WriteResult:
+        request = pb.DeleteRequest(
+            conversation_id=conversation_id,
+            key=key,
+            expect=_convert.expect_pb(expect),
+            request_id=_request_id(request_id),
+            fence=_convert.fence_pb(fence),
+        )
+        return _convert.write_result(await self._call(self._stub.Delete, request))
+
+    async def append(
+        self,
+        conversation_id: str,
+        key: str,
+        value: bytes | str | Value | None = None,
+        *,
+        json: Any = UNSET,
+        content_type: str | None = None,
+        ttl_ms: int = 0,
+        request_id: str | None = None,
+        fence: Fence | None = None,
+    ) -> WriteResult:
+        """Adds a child `key/<revision>`; the result's `key` names it."""
+        request = pb.AppendRequest(
+            conversation_id=conversation_id,
+            key=key,
+            value=_convert.value_pb(make_value(value, json, content_type)),
+            ttl_ms=ttl_ms,
+            request_id=_request_id(request_id),
+            fence=_convert.fence_pb(fence),
+        )
+        return _convert.write_result(await self._call(self._stub.Append, request))
+
+    async def patch(
+        self,
+        conversation_id: str,
+        key: str,
+        merge_patch: Mapping[str, Any] | bytes,
+        *,
+        expect: Expect | None = None,
+        request_id: str | None = None,
+        fence: Fence | None = None,
+    ) -> PatchResult:
+        """Applies an RFC 7386 JSON merge patch (a dict, or JSON bytes) to `key`."""
+        if not isinstance(merge_patch, bytes):
+            merge_patch = orjson.dumps(merge_patch)
+        request = pb.PatchRequest(
+            conversation_id=conversation_id,
+            key=key,
+            merge_patch=merge_patch,
+            expect=_convert.expect_pb(expect),
+            request_id=_request_id(request_id),
+            fence=_convert.fence_pb(fence),
+        )
+        response = await self._call(self._stub.Patch, request)
+        return PatchResult(_convert.write_result(response.result), _convert.value(response.value))
+
+    async def txn(
+        self,
+        conversation_id: str,
+        compares: Iterable[Compare] = (),
+        success: Iterable[TxnOp] = (),
+        failure: Iterable[TxnOp] = (),
+        *,
+        request_id: str | None = None,
+        fence: Fence | None = None,
+    ) -> TxnResult:
+        """If every compare holds apply `success`, else `failure`: one revision."""
+        request = pb.TxnRequest(
+            conversation_id=conversation_id,
+            compares=[_convert.compare_pb(c) for c in compares],
+            success=[_convert.txn_op_pb(op) for op in success],
+            failure=[_convert.txn_op_pb(op) for op in failure],
+            request_id=_request_id(request_id),
+            fence=_convert.fence_pb(fence),
+        )
+        return _convert.txn_result(await self._call(self._stub.Txn, request))
+
+    # --- the change stream ----------------------------------------------------------
+
+    def subscribe(
+        self,
+        conversation_id: str,
+        prefix: str = "",
+        *,
+        start_revision: int = 0,
+        no_reset: bool = False,
+        with_previous: bool = False,
+    ) -> Subscription:
+        """The changes under `prefix`: a snapshot first, or every event from `start_revision`.
+
+        Reconnects by itself and never delivers an event twice; see `Subscription`.
+        """
+
+        request = pb.SubscribeRequest(
+            conversation_id=conversation_id,
+            prefix=prefix,
+            no_reset=no_reset,
+            with_previous=with_previous,
+        )
+        opener = grpc_opener(self._stub.Subscribe, request, self._metadata)
+        return Subscription(opener, start_revision=start_revision, retry=self.retry)
+
+    def mirror(self, conversation_id: str, prefix: str = "") -> Mirror:
+        """A live local copy of the entries under `prefix`, for an `async with` block."""
+        return Mirror(self.subscribe(conversation_id, prefix))
