@@ -15,7 +15,7 @@
     ├── Aborted
     │   └── RetriesExhausted
     ├── ResourceExhausted
-    │   ├── LimitExceeded           .limit
+    │   ├── LimitExceeded           .limit .value .maximum
     │   └── SlowSubscriber          .last_revision
     ├── OutOfRange
     │   └── RevisionCompacted       .revision .compact_revision
@@ -183,6 +183,14 @@ class LimitExceeded(ResourceExhausted):
     @property
     def limit(self) -> str:
         return self.metadata.get("limit", "")
+
+    @property
+    def value(self) -> int:
+        return self._int("value")
+
+    @property
+    def maximum(self) -> int:
+        return self._int("maximum")
 
 
 class SlowSubscriber(ResourceExhausted):

@@ -235,6 +235,18 @@ async def test_invalid_argument_names_the_field(client: bb.Client, conv: str) ->
     assert [v.field for v in caught.value.violations] == ["key"]
 
 
+async def test_limit_exceeded_names_the_limit() -> None:
+    async with (
+        serve(settings(max_value_bytes=1000)) as small,
+        bb.connect(small.address, retry=FAST) as client,
+    ):
+        await client.create_conversation("c")
+        with pytest.raises(bb.LimitExceeded) as caught:
+            await client.put("c", "k", b"x" * 1001)
+    assert isinstance(caught.value, bb.ResourceExhausted)
+    assert (caught.value.limit, caught.value.maximum) == ("max_value_bytes", 1000)
+
+
 # --- the change stream ----------------------------------------------------------------------
 
 
