@@ -176,7 +176,11 @@ class BlackboardServicer:
                 async with asyncio.timeout(self._write_timeout):
                     await c.write(convert.stream_item(item, with_previous=r.with_previous))
             except TimeoutError:
-                raise SlowSubscriber(resume, 0) from None
+                raise SlowSubscriber(max(resume, 0), 0) from None
+            except Exception:
+                if c.cancelled():
+                    return  # the client went away mid-write
+                raise
             resume = resume_point(item, resume)
 
 

@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from blackboard_server.domain.errors import InvalidArgument, LimitExceeded
-from blackboard_server.domain.model import AppendChild, Compare, Op, Put, WriteBatch
+from blackboard_server.domain.model import AppendChild, Compare, Op, Put, WriteBatch, child_key
 
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -49,7 +49,7 @@ def identifier(value: str, field: str) -> str:
 def key(value: str, limits: Limits, field: str = "key") -> str:
     if not value:
         raise InvalidArgument(field, "must not be empty")
-    if len(value.encode()) > limits.max_key_bytes:
+    if _byte_length(value) > limits.max_key_bytes:
         raise InvalidArgument(field, f"must be at most {limits.max_key_bytes} bytes")
     for segment in value.split("/"):
         if segment in ("", ".", ".."):
@@ -60,10 +60,15 @@ def key(value: str, limits: Limits, field: str = "key") -> str:
 
 def prefix(value: str, limits: Limits, field: str = "prefix") -> str:
     """A raw string prefix of keys; empty selects every key."""
-    if len(value.encode()) > limits.max_key_bytes:
+    if _byte_length(value) > limits.max_key_bytes:
         raise InvalidArgument(field, f"must be at most {limits.max_key_bytes} bytes")
     _check_characters(value, field)
     return value
+
+
+def _byte_length(value: str) -> int:
+    # surrogatepass: a lone surrogate is then rejected as a character, not by an encode error.
+    return len(value.encode("utf-8", "surrogatepass"))
 
 
 def _check_characters(value: str, field: str) -> None:
@@ -106,8 +111,12 @@ def metadata(value: dict[str, str], limits: Limits) -> dict[str, str]:
     return value
 
 
-def write_batch(batch: WriteBatch, limits: Limits) -> WriteBatch:
-    """Checks every key, value and count of a batch before it reaches a store."""
+def write_batch(batch: WriteBatch, limits: Limits, *, single: bool = False) -> WriteBatch:
+    """Checks every key, value and count of a batch before it reaches a store.
+
+    `single` is for the one-key calls (Put, Delete, Append): errors then name
+    the request's own fields (`key`, `ttl_ms`) rather than `success[0].key`.
+    """
     ops = len(batch.compares) + len(batch.success) + len(batch.failure)
     if ops > limits.max_txn_ops:
         raise LimitExceeded("max_txn_ops", ops, limits.max_txn_ops)
@@ -115,7 +124,7 @@ def write_batch(batch: WriteBatch, limits: Limits) -> WriteBatch:
     for i, compare in enumerate(batch.compares):
         _compare(compare, limits, f"compares[{i}]")
     for branch, ops_ in (("success", batch.success), ("failure", batch.failure)):
-        _ops(ops_, limits, branch)
+        _ops(ops_, limits, "" if single else branch)
     if batch.fence is not None:
         identifier(batch.fence.name, "fence.name")
         if not batch.fence.name:
@@ -130,18 +139,22 @@ def _compare(compare: Compare, limits: Limits, field: str) -> None:
     value_size(compare.value, limits, f"{field}.value")
 
 
-def _ops(ops: tuple[Op, ...], limits: Limits, field: str) -> None:
+def _ops(ops: tuple[Op, ...], limits: Limits, branch: str) -> None:
     written: set[str] = set()
     for i, op in enumerate(ops):
+        field = f"{branch}[{i}]." if branch else ""
         name = op.parent if isinstance(op, AppendChild) else op.key
-        key(name, limits, f"{field}[{i}].key")
+        key(name, limits, f"{field}key")
+        if isinstance(op, AppendChild) and _byte_length(child_key(name, 0)) > limits.max_key_bytes:
+            # The child's own key must be one that Get and Delete accept.
+            raise InvalidArgument(f"{field}key", "leaves no room for the child's 21-byte name")
         if isinstance(op, Put | AppendChild):
-            value_size(op.data, limits, f"{field}[{i}].value")
-            ttl(op.ttl_ms, limits, f"{field}[{i}].ttl_ms")
-        if isinstance(op, Put) and op.content_type and len(op.content_type) > 128:
-            raise InvalidArgument(f"{field}[{i}].content_type", "must be at most 128 characters")
+            value_size(op.data, limits, f"{field}value")
+            ttl(op.ttl_ms, limits, f"{field}ttl_ms")
+        if isinstance(op, Put | AppendChild) and len(op.content_type) > 128:
+            raise InvalidArgument(f"{field}content_type", "must be at most 128 characters")
         # Children appended in one batch would share the batch's revision, so one per parent.
         slot = name + "/*" if isinstance(op, AppendChild) else name
         if slot in written:
-            raise InvalidArgument(f"{field}[{i}].key", f"{name!r} appears twice")
+            raise InvalidArgument(f"{field}key", f"{name!r} appears twice")
         written.add(slot)

@@ -230,7 +230,7 @@ class BlackboardService:
         self, caller: Caller, conversation_id: str, batch: WriteBatch
     ) -> CommitResult:
         ref = caller.conversation(conversation_id)
-        limits.write_batch(batch, self._limits)
+        limits.write_batch(batch, self._limits, single=True)
         result = await self._store.commit(ref, batch, fingerprint(batch), self._clock.now_ms())
         if not result.succeeded:
             state = result.compared[0]

@@ -3,8 +3,9 @@
 The stream is a cursor over the conversation's log: the last revision the
 subscriber was sent (filtered-out events count as sent). It reads from the
 hub's in-memory feed while it keeps up and from the log when it does not; it
-is ended with SlowSubscriber when it falls more than `max_lag` revisions
-behind, and carries that revision so the client resumes exactly there.
+is ended with SlowSubscriber when, once caught up, it falls more than
+`max_lag` revisions behind (or a write to it stalls), and carries that
+revision so the client resumes exactly there.
 """
 
 from __future__ import annotations
@@ -157,13 +158,17 @@ class Subscriptions:
         """Everything after `cursor`, in order; the generator's caller tracks the cursor."""
         quiet_since = time.monotonic()
         interval = self._stream.progress_interval_s
+        live = False  # caught up with the head at least once
         while True:
             if feed.gone:
                 raise ConversationNotFound(ref.id)
             if feed.closing:
                 raise ShuttingDown(cursor)
             lag = feed.head - cursor
-            if lag > self._stream.max_lag:
+            live = live or lag <= 0
+            # A resuming subscriber may start far behind and catch up from the log;
+            # one that was live and then fell this far behind is not keeping up.
+            if live and lag > self._stream.max_lag:
                 raise SlowSubscriber(cursor, lag)
             events, wire = await self._pending(ref, feed, cursor)
             if not events:
