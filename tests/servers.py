@@ -250,3 +250,48 @@ def running(server: RedisServer | EtcdCluster) -> Iterator[RedisServer | EtcdClu
         yield server
     finally:
         server.stop()
+
+
+class ServerProcess:
+    """`blackboard-server` in its own process, as it runs in production."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port = free_port()
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        import sys
+
+        log = open(self.workdir / "server.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "blackboard_server", "--listen", self.address,
+             "--log-format", "json", *self.args],
+            stdout=log, stderr=log,
+        )
+        log.close()
+        wait_for(self.serving, 20, f"blackboard-server on {self.port}")
+        return self
+
+    def serving(self) -> bool:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"blackboard-server exited: see {self.workdir / 'server.log'}")
+        with grpc.insecure_channel(self.address) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=0.5)
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self) -> None:
+        _stop(self.proc, grace=15)

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 
 import grpc
 import pytest
+import uvloop
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings
 
-from tests.servers import RedisServer
+from tests.servers import RedisServer, ServerProcess
 
 ServerFactory = Callable[..., AbstractAsyncContextManager[RunningServer]]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """uvloop, as the server runs in production."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -35,6 +45,15 @@ def make_server(backend: str) -> ServerFactory:
         return serve(settings.replace(**overrides))
 
     return factory
+
+
+@pytest.fixture
+def server_process(backend: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """The server in a process of its own: client and server then use both cores."""
+    process = ServerProcess(tmp_path / "server", *(["--redis-url", backend] if backend else []))
+    process.start()
+    yield process
+    process.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from blackboard_server.config import Settings
 
 from tests.integration.conftest import error_of
 from tests.integration.test_api import details, put, value
-from tests.servers import RedisServer
+from tests.servers import RedisServer, ServerProcess
 
 Stub = pb_grpc.BlackboardStub
 
@@ -161,66 +161,66 @@ async def test_deleted_conversation_ends_the_stream(sstub: Stub) -> None:
     assert recorder.error is not None and recorder.error.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_concurrent_cas_increments_and_appends_are_exact(sstub: Stub) -> None:
+async def test_concurrent_cas_increments_and_appends_are_exact(
+    server_process: ServerProcess,
+) -> None:
     """16 clients x 200 CAS increments end at 3200; 16 x 200 appends leave 3200
     children; a subscriber started first sees every revision once, in order."""
-    conv = await new_conv(sstub)
-    await put(sstub, conv, "counter", "0")
-    recorder = Recorder(sstub, pb.SubscribeRequest(conversation_id=conv))
-    reading = asyncio.create_task(recorder.read(until=lambda r: len(r.events) >= 6400))
-    await wait_until(lambda: recorder.synced is not None)
+    async with grpc.aio.insecure_channel(server_process.address) as channel:
+        stub = pb_grpc.BlackboardStub(channel)
+        conv = await new_conv(stub)
+        await put(stub, conv, "counter", "0")
+        recorder = Recorder(stub, pb.SubscribeRequest(conversation_id=conv))
+        reading = asyncio.create_task(recorder.read(until=lambda r: len(r.events) >= 6400))
+        await wait_until(lambda: recorder.synced is not None)
+        results = await asyncio.gather(*(increment(stub, conv, 200) for _ in range(16)),
+                                       *(append(stub, conv, w, 200) for w in range(16)))
+        got = await stub.Get(pb.GetRequest(conversation_id=conv, key="counter"))
+        assert int(got.entry.value.data) == 3200
+        assert sum(r for r in results if r) > 0  # the clients really raced
+        assert await count(stub, conv, "log/") == 3200
+        await asyncio.wait_for(reading, 60)
+        assert recorder.revisions == list(range(2, 6402))
 
-    async def incrementer() -> int:
-        conflicts = 0
-        for _ in range(200):
-            while True:
-                got = await sstub.Get(pb.GetRequest(conversation_id=conv, key="counter"))
-                n = int(got.entry.value.data)
-                try:
-                    await put(
-                        sstub,
-                        conv,
-                        "counter",
-                        str(n + 1),
-                        expect=pb.Expect(version=got.entry.version),
-                    )
-                    break
-                except grpc.aio.AioRpcError as error:
-                    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-                    conflicts += 1
-        return conflicts
 
-    async def appender(worker: int) -> None:
-        for i in range(200):
-            await sstub.Append(
-                pb.AppendRequest(conversation_id=conv, key="log", value=value(f"{worker}:{i}"))
-            )
+async def increment(stub: Stub, conv: str, times: int) -> int:
+    """Read-modify-write with CAS; returns how many conflicts it retried."""
+    conflicts = 0
+    for _ in range(times):
+        backoff = 0.001
+        while True:
+            got = await stub.Get(pb.GetRequest(conversation_id=conv, key="counter"))
+            n = int(got.entry.value.data)
+            try:
+                await put(stub, conv, "counter", str(n + 1),
+                          expect=pb.Expect(version=got.entry.version))
+                break
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+                conflicts += 1
+                # Jittered exponential backoff, as any CAS loop under contention does.
+                await asyncio.sleep(random.uniform(0, backoff))
+                backoff = min(backoff * 2, 0.05)
+    return conflicts
 
-    results = await asyncio.gather(
-        *(incrementer() for _ in range(16)), *(appender(w) for w in range(16))
-    )
-    got = await sstub.Get(pb.GetRequest(conversation_id=conv, key="counter"))
-    assert int(got.entry.value.data) == 3200
-    assert sum(r for r in results if r) > 0  # the clients really raced
-    children = 0
+
+async def append(stub: Stub, conv: str, worker: int, times: int) -> None:
+    for i in range(times):
+        await stub.Append(pb.AppendRequest(conversation_id=conv, key="log",
+                                           value=value(f"{worker}:{i}")))
+
+
+async def count(stub: Stub, conv: str, prefix: str) -> int:
+    total = 0
     token = ""
     while True:
-        page = await sstub.Range(
-            pb.RangeRequest(
-                conversation_id=conv,
-                prefix="log/",
-                page_size=1000,
-                keys_only=True,
-                page_token=token,
-            )
-        )
-        children += len(page.entries)
+        page = await stub.Range(pb.RangeRequest(conversation_id=conv, prefix=prefix,
+                                                page_size=1000, keys_only=True,
+                                                page_token=token))
+        total += len(page.entries)
         token = page.next_page_token
         if not token:
-            break
-    assert children == 3200
-    await asyncio.wait_for(reading, 60)
-    assert recorder.revisions == list(range(2, 6402))
+            return total
 
 
 async def test_cut_at_random_points_and_resumed_sees_exactly_the_uncut_stream(
@@ -310,10 +310,9 @@ async def test_resume_across_a_server_restart_on_redis(redis_server: RedisServer
     seen: list[int] = []
     total = 120
     for round_ in range(3):
-        async with (
-            serve(settings) as running,
-            grpc.aio.insecure_channel(running.address) as channel,
-        ):
+        async with serve(settings) as running:
+            # Closed after the server, so the stream sees the server's shutdown status.
+            channel = grpc.aio.insecure_channel(running.address)
             stub = pb_grpc.BlackboardStub(channel)
             if round_ == 0:
                 await stub.CreateConversation(pb.CreateConversationRequest(id=conv))
@@ -324,10 +323,10 @@ async def test_resume_across_a_server_restart_on_redis(redis_server: RedisServer
             reading = asyncio.create_task(recorder.read())
             for i in range(40):
                 await put(stub, conv, f"k{i % 4}", f"{round_}:{i}")
-            await wait_until(
-                lambda r=recorder, n=40 * (round_ + 1): r.revisions and r.revisions[-1] == n
-            )
+            last = 40 * (round_ + 1)
+            await wait_until(lambda r=recorder, n=last: r.revisions and r.revisions[-1] == n)
         await asyncio.wait_for(reading, 10)  # ended by the shutdown
+        await channel.close()
         assert recorder.error is not None
         assert recorder.error.code() == grpc.StatusCode.UNAVAILABLE
         seen += recorder.revisions
