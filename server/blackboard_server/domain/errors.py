@@ -117,7 +117,9 @@ class LimitExceeded(BlackboardError):
     reason = "LIMIT_EXCEEDED"
 
     def __init__(self, limit: str, value: int, maximum: int) -> None:
-        super().__init__(f"{limit}: {value} exceeds {maximum}", limit=limit, maximum=maximum)
+        super().__init__(
+            f"{limit}: {value} exceeds {maximum}", limit=limit, value=value, maximum=maximum
+        )
         self.limit = limit
 
 

@@ -94,6 +94,8 @@ def parse_page_token(token: str) -> tuple[int, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
         revision, _, last_key = raw.partition(":")
+        if not (revision.isascii() and revision.isdigit()):
+            raise ValueError(revision)  # int() would take "-5", " 5", "+5", "٣"
         return int(revision), last_key
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidArgument("page_token", "is not a token this server issued") from None

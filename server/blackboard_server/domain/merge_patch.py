@@ -23,9 +23,16 @@ def merge(target: Any, patch: Any) -> Any:
 
 def parse_patch(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError):
         raise InvalidArgument("merge_patch", "is not valid JSON") from None
+    except RecursionError:
+        raise InvalidArgument("merge_patch", "is nested too deeply") from None
+
+
+def _not_json(constant: str) -> Any:
+    # json.loads takes NaN and Infinity, which JSON (RFC 8259) does not have.
+    raise ValueError(constant)
 
 
 def apply(entry: Entry | None, key: str, patch: Any) -> bytes:
@@ -36,6 +43,15 @@ def apply(entry: Entry | None, key: str, patch: Any) -> bytes:
             raise NotJson(key)
         try:
             target = json.loads(entry.data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise NotJson(key) from None
-    return json.dumps(merge(target, patch), separators=(",", ":"), ensure_ascii=False).encode()
+    try:
+        merged = merge(target, patch)
+        text = json.dumps(merged, separators=(",", ":"), ensure_ascii=False)
+    except RecursionError:
+        raise InvalidArgument("merge_patch", "is nested too deeply") from None
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (from a "\ud800" escape) has no UTF-8 form; escape it instead.
+        return json.dumps(merged, separators=(",", ":")).encode()
