@@ -111,6 +111,12 @@ def validated(settings: Settings) -> Settings:
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name}: must be positive")
+    for name in ("redis_timeout_s", "dedupe_window_s", "subscriber_write_timeout_s",
+                 "progress_interval_s", "sweep_interval_s", "shutdown_grace_s"):
+        if not 0 < getattr(settings, name) < float("inf"):
+            raise SettingsError(f"{name}: must be a positive number of seconds")
+    if not 0 <= int(port) <= 65535:
+        raise SettingsError(f"listen: port {port} is out of range")
     if settings.default_page_size > settings.max_page_size:
         raise SettingsError("default_page_size: must not exceed max_page_size")
     if settings.max_request_bytes < settings.max_value_bytes + 64 * 1024:

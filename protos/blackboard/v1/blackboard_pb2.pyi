@@ -727,7 +727,7 @@ class HistoryResponse(_message.Message):
     next_revision: _builtins.int
     """Where the next page starts; 0 when there is no more."""
     compact_revision: _builtins.int
-    """the oldest revision whose state can no longer be read"""
+    """events up to here are gone; reads at this revision or later work"""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]: ...
     def __init__(
