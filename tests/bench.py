@@ -106,6 +106,7 @@ async def closed_loop(
         "latency": latencies.summary(),
         "errors": errors,
         "cpu_pct_of_one_core": await cpu_task,
+        "busiest_other_processes": cpu.others,
     }
 
 
@@ -300,7 +301,9 @@ async def run_fanout(
                 proc.terminate()
             await proc.wait()
         await channel.close()
-    return fanout_summary(args, streams, last, writes, cpu_used)
+    summary = fanout_summary(args, streams, last, writes, cpu_used)
+    summary["busiest_other_processes"] = cpu.others
+    return summary
 
 
 def fanout_summary(

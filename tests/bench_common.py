@@ -55,8 +55,8 @@ class Latencies:
     def percentile_ms(self, p: float) -> float:
         if not self.count:
             return float("nan")
-        if self._hist is not None:
-            return float(self._hist.get_value_at_percentile(p)) / 1000
+        if self._hist is not None:  # a bucket's upper end: never report more than the max
+            return min(self._hist.get_value_at_percentile(p), self._max) / 1000
         self._samples.sort()
         rank = max(0, min(self.count - 1, round(p / 100 * self.count + 0.5) - 1))
         return self._samples[rank] / 1000
@@ -115,13 +115,17 @@ class CpuMeter:
     total is cores x 100)."""
 
     pids: dict[str, int]
+    # The busiest processes that are not ours, over the same window: (name, % of one core).
+    others: list[tuple[str, float]] = field(default_factory=list)
     _start: dict[str, float] = field(default_factory=dict)
+    _everyone: dict[int, tuple[str, float]] = field(default_factory=dict)
     _wall: float = 0.0
     _machine: tuple[float, float] = (0.0, 0.0)
 
     def start(self) -> None:
         self._wall = time.monotonic()
         self._start = {name: process_cpu_s(pid) for name, pid in self.pids.items()}
+        self._everyone = every_process_cpu_s()
         self._machine = machine_busy_s()
 
     def stop(self) -> dict[str, float]:
@@ -138,7 +142,33 @@ class CpuMeter:
         # our processes, and anything else on the machine.
         used["other"] = round(max(0.0, machine_pct - ours), 1)
         used["machine"] = round(machine_pct, 1)
+        ours_pids = set(self.pids.values())
+        by_name: dict[str, float] = {}
+        for pid, (name, cpu_s) in every_process_cpu_s().items():
+            if pid not in ours_pids and pid in self._everyone:
+                by_name[name] = by_name.get(name, 0.0) + cpu_s - self._everyone[pid][1]
+        self.others = [
+            (name, round(100 * cpu_s / wall, 1))
+            for name, cpu_s in sorted(by_name.items(), key=lambda x: -x[1])[:4]
+            if cpu_s / wall > 0.01
+        ]
         return used
+
+
+def every_process_cpu_s() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, CPU seconds so far) of every process on the machine."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        found[int(entry.name)] = (name, (int(fields[11]) + int(fields[12])) / TICKS)
+    return found
 
 
 # --- processes ---------------------------------------------------------------
