@@ -5,13 +5,17 @@
     │   └── RequestIdReused
     ├── NotFound
     │   ├── ConversationNotFound
-    │   └── KeyNotFound             .key
+    │   ├── KeyNotFound             .key
+    │   ├── SessionNotFound         the session was closed or expired
+    │   └── NoHolder                nobody holds the lock or leads the role
     ├── AlreadyExists
     │   └── ConversationExists
     ├── FailedPrecondition
     │   ├── ConditionFailed         .key .current_version .current_mod_revision
     │   ├── Fenced                  .fence .token .current_token
-    │   └── NotJson                 .key
+    │   ├── NotJson                 .key
+    │   ├── LockHeld                try-once acquire of a held lock
+    │   └── NotHolder               release/proclaim/resign without holding
     ├── Aborted
     │   └── RetriesExhausted
     ├── ResourceExhausted
@@ -23,6 +27,7 @@
     │   ├── BackendUnavailable
     │   └── ShuttingDown            .last_revision
     ├── DeadlineExceeded
+    │   └── WaitExpired             a lock or campaign wait ran out
     ├── Cancelled
     ├── Unauthenticated
     ├── PermissionDenied
@@ -111,6 +116,14 @@ class KeyNotFound(NotFound):
         return self.metadata.get("key", "")
 
 
+class SessionNotFound(NotFound):
+    reason = "SESSION_NOT_FOUND"
+
+
+class NoHolder(NotFound):
+    reason = "NO_HOLDER"
+
+
 class AlreadyExists(BlackboardError):
     code = "ALREADY_EXISTS"
 
@@ -163,6 +176,14 @@ class NotJson(FailedPrecondition):
     @property
     def key(self) -> str:
         return self.metadata.get("key", "")
+
+
+class LockHeld(FailedPrecondition):
+    reason = "LOCK_HELD"
+
+
+class NotHolder(FailedPrecondition):
+    reason = "NOT_HOLDER"
 
 
 class Aborted(BlackboardError):
@@ -235,6 +256,10 @@ class ShuttingDown(Unavailable):
 
 class DeadlineExceeded(BlackboardError):
     code = "DEADLINE_EXCEEDED"
+
+
+class WaitExpired(DeadlineExceeded):
+    reason = "WAIT_EXPIRED"
 
 
 class Cancelled(BlackboardError):

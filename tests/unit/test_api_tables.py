@@ -57,6 +57,11 @@ SAMPLES: list[e.BlackboardError] = [
     e.RevisionCompacted(3, 10),
     e.BackendUnavailable("redis", "connection refused"),
     e.ShuttingDown(12),
+    e.SessionNotFound("00000000000000ab"),
+    e.NoHolder("task/42"),
+    e.LockHeld("task/42", "worker-2", 1234),
+    e.NotHolder("task/42", 1200),
+    e.WaitExpired("task/42", 5000),
 ]
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import blackboard_client as bb
 import grpc
 import pytest
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+import blackboard_client as bb
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_client._errors import CODES, error_from_rpc, error_from_status
 from blackboard_server.api import errors as server_errors
 from blackboard_server.domain import errors as domain
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 
 def _any(message: object) -> any_pb2.Any:
@@ -83,6 +84,11 @@ SERVER_ERRORS: list[domain.BlackboardError] = [
     domain.RevisionCompacted(5, 90),
     domain.BackendUnavailable("redis", "connection refused"),
     domain.ShuttingDown(12),
+    domain.SessionNotFound("00000000000000ab"),
+    domain.NoHolder("task/42"),
+    domain.LockHeld("task/42", "worker-2", 1234),
+    domain.NotHolder("task/42", 1200),
+    domain.WaitExpired("task/42", 5000),
 ]
 
 

@@ -56,6 +56,16 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the replica is draining; resume elsewhere"""
     REQUEST_ID_REUSED: _ErrorReason.ValueType  # 14
     """INVALID_ARGUMENT: a request id was reused for a different call"""
+    SESSION_NOT_FOUND: _ErrorReason.ValueType  # 15
+    """NOT_FOUND: the session was closed or expired"""
+    LOCK_HELD: _ErrorReason.ValueType  # 16
+    """FAILED_PRECONDITION: try-once acquire of a held lock; metadata has holder_agent_id, token"""
+    NOT_HOLDER: _ErrorReason.ValueType  # 17
+    """FAILED_PRECONDITION: the session does not hold this lock or leadership (token)"""
+    NO_HOLDER: _ErrorReason.ValueType  # 18
+    """NOT_FOUND: nobody holds the lock or leads the role"""
+    WAIT_EXPIRED: _ErrorReason.ValueType  # 19
+    """DEADLINE_EXCEEDED: the lock or campaign wait ran out"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """---------------------------------------------------------------------------
@@ -94,6 +104,16 @@ SHUTTING_DOWN: ErrorReason.ValueType  # 13
 """UNAVAILABLE: the replica is draining; resume elsewhere"""
 REQUEST_ID_REUSED: ErrorReason.ValueType  # 14
 """INVALID_ARGUMENT: a request id was reused for a different call"""
+SESSION_NOT_FOUND: ErrorReason.ValueType  # 15
+"""NOT_FOUND: the session was closed or expired"""
+LOCK_HELD: ErrorReason.ValueType  # 16
+"""FAILED_PRECONDITION: try-once acquire of a held lock; metadata has holder_agent_id, token"""
+NOT_HOLDER: ErrorReason.ValueType  # 17
+"""FAILED_PRECONDITION: the session does not hold this lock or leadership (token)"""
+NO_HOLDER: ErrorReason.ValueType  # 18
+"""NOT_FOUND: nobody holds the lock or leads the role"""
+WAIT_EXPIRED: ErrorReason.ValueType  # 19
+"""DEADLINE_EXCEEDED: the lock or campaign wait ran out"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -315,6 +335,82 @@ class Change(_message.Message):
 Global___Change: _TypeAlias = Change  # noqa: Y015
 
 @_typing.final
+class CoordinationEvent(_message.Message):
+    """A change of who is present, who holds a lock, or who leads a role."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Kind:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _KindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[CoordinationEvent._Kind.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        KIND_UNSPECIFIED: CoordinationEvent._Kind.ValueType  # 0
+        AGENT_JOINED: CoordinationEvent._Kind.ValueType  # 1
+        AGENT_LEFT: CoordinationEvent._Kind.ValueType  # 2
+        """the session was closed"""
+        AGENT_EXPIRED: CoordinationEvent._Kind.ValueType  # 3
+        """the session's TTL ran out"""
+        LOCK_ACQUIRED: CoordinationEvent._Kind.ValueType  # 4
+        LOCK_RELEASED: CoordinationEvent._Kind.ValueType  # 5
+        LOCK_EXPIRED: CoordinationEvent._Kind.ValueType  # 6
+        """its session ended while holding it"""
+        LEADER_ELECTED: CoordinationEvent._Kind.ValueType  # 7
+        LEADER_RESIGNED: CoordinationEvent._Kind.ValueType  # 8
+        LEADER_LOST: CoordinationEvent._Kind.ValueType  # 9
+        """its session ended while leading"""
+
+    class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
+    KIND_UNSPECIFIED: CoordinationEvent.Kind.ValueType  # 0
+    AGENT_JOINED: CoordinationEvent.Kind.ValueType  # 1
+    AGENT_LEFT: CoordinationEvent.Kind.ValueType  # 2
+    """the session was closed"""
+    AGENT_EXPIRED: CoordinationEvent.Kind.ValueType  # 3
+    """the session's TTL ran out"""
+    LOCK_ACQUIRED: CoordinationEvent.Kind.ValueType  # 4
+    LOCK_RELEASED: CoordinationEvent.Kind.ValueType  # 5
+    LOCK_EXPIRED: CoordinationEvent.Kind.ValueType  # 6
+    """its session ended while holding it"""
+    LEADER_ELECTED: CoordinationEvent.Kind.ValueType  # 7
+    LEADER_RESIGNED: CoordinationEvent.Kind.ValueType  # 8
+    LEADER_LOST: CoordinationEvent.Kind.ValueType  # 9
+    """its session ended while leading"""
+
+    KIND_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    kind: Global___CoordinationEvent.Kind.ValueType
+    agent_id: _builtins.str
+    session_id: _builtins.str
+    name: _builtins.str
+    """the lock name or election role"""
+    token: _builtins.int
+    """the fencing token of the lock or term"""
+    value: _builtins.bytes
+    """the leader's value, for LEADER_ELECTED"""
+    def __init__(
+        self,
+        *,
+        kind: Global___CoordinationEvent.Kind.ValueType = ...,
+        agent_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        token: _builtins.int = ...,
+        value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "kind", b"kind", "name", b"name", "session_id", b"session_id", "token", b"token", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CoordinationEvent: _TypeAlias = CoordinationEvent  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
     """Everything one revision changed."""
 
@@ -324,12 +420,17 @@ class Event(_message.Message):
     TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    COORDINATION_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     time_unix_ms: _builtins.int
     @_builtins.property
     def provenance(self) -> Global___Provenance: ...
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]: ...
+    @_builtins.property
+    def coordination(self) -> Global___CoordinationEvent:
+        """set for coordination events"""
+
     def __init__(
         self,
         *,
@@ -337,10 +438,11 @@ class Event(_message.Message):
         time_unix_ms: _builtins.int = ...,
         provenance: Global___Provenance | None = ...,
         changes: _abc.Iterable[Global___Change] | None = ...,
+        coordination: Global___CoordinationEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["provenance", b"provenance"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coordination", b"coordination", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "provenance", b"provenance", "revision", b"revision", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "coordination", b"coordination", "provenance", b"provenance", "revision", b"revision", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -794,12 +896,15 @@ class PutRequest(_message.Message):
     VALUE_FIELD_NUMBER: _builtins.int
     EXPECT_FIELD_NUMBER: _builtins.int
     TTL_MS_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     FENCE_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     key: _builtins.str
     ttl_ms: _builtins.int
     """0: no TTL"""
+    session_id: _builtins.str
+    """Binds the entry to a live session: it is deleted when the session ends."""
     request_id: _builtins.str
     @_builtins.property
     def value(self) -> Global___Value: ...
@@ -815,12 +920,13 @@ class PutRequest(_message.Message):
         value: Global___Value | None = ...,
         expect: Global___Expect | None = ...,
         ttl_ms: _builtins.int = ...,
+        session_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
         fence: Global___Fence | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expect", b"expect", "fence", b"fence", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "expect", b"expect", "fence", b"fence", "key", b"key", "request_id", b"request_id", "ttl_ms", b"ttl_ms", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "expect", b"expect", "fence", b"fence", "key", b"key", "request_id", b"request_id", "session_id", b"session_id", "ttl_ms", b"ttl_ms", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1375,3 +1481,487 @@ class SubscribeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class Session(_message.Message):
+    """---------------------------------------------------------------------------
+    Coordination: sessions (presence), locks and elections, per conversation.
+    Tokens are etcd revisions: they only grow, and fence writes (see Fence).
+    ---------------------------------------------------------------------------
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    session_id: _builtins.str
+    agent_id: _builtins.str
+    ttl_ms: _builtins.int
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "session_id", b"session_id", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class OpenSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    ttl_ms: _builtins.int
+    """0: the server default"""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSessionRequest: _TypeAlias = OpenSessionRequest  # noqa: Y015
+
+@_typing.final
+class KeepAliveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepAliveRequest: _TypeAlias = KeepAliveRequest  # noqa: Y015
+
+@_typing.final
+class KeepAliveResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    ttl_ms: _builtins.int
+    """what is left of the TTL after this renewal"""
+    def __init__(
+        self,
+        *,
+        ttl_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl_ms", b"ttl_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepAliveResponse: _TypeAlias = KeepAliveResponse  # noqa: Y015
+
+@_typing.final
+class CloseSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseSessionRequest: _TypeAlias = CloseSessionRequest  # noqa: Y015
+
+@_typing.final
+class CloseSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseSessionResponse: _TypeAlias = CloseSessionResponse  # noqa: Y015
+
+@_typing.final
+class ListSessionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSessionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]: ...
+    def __init__(
+        self,
+        *,
+        sessions: _abc.Iterable[Global___Session] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSessionsResponse: _TypeAlias = ListSessionsResponse  # noqa: Y015
+
+@_typing.final
+class Holder(_message.Message):
+    """Who holds a lock or leads a role, and with which token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    name: _builtins.str
+    """the lock name or election role"""
+    session_id: _builtins.str
+    agent_id: _builtins.str
+    token: _builtins.int
+    value: _builtins.bytes
+    """elections: the leader's value"""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        token: _builtins.int = ...,
+        value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "conversation_id", b"conversation_id", "name", b"name", "session_id", b"session_id", "token", b"token", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Holder: _TypeAlias = Holder  # noqa: Y015
+
+@_typing.final
+class AcquireLockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    session_id: _builtins.str
+    name: _builtins.str
+    wait_ms: _builtins.int
+    """0: try once (FAILED_PRECONDITION, LOCK_HELD if held). Otherwise wait up
+    to this long (DEADLINE_EXCEEDED, WAIT_EXPIRED when it runs out).
+    """
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        wait_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "name", b"name", "session_id", b"session_id", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcquireLockRequest: _TypeAlias = AcquireLockRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseLockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    session_id: _builtins.str
+    name: _builtins.str
+    token: _builtins.int
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "name", b"name", "session_id", b"session_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLockRequest: _TypeAlias = ReleaseLockRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseLockResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseLockResponse: _TypeAlias = ReleaseLockResponse  # noqa: Y015
+
+@_typing.final
+class GetLockRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLockRequest: _TypeAlias = GetLockRequest  # noqa: Y015
+
+@_typing.final
+class CampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    WAIT_MS_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    session_id: _builtins.str
+    role: _builtins.str
+    value: _builtins.bytes
+    wait_ms: _builtins.int
+    """as AcquireLockRequest.wait_ms"""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        value: _builtins.bytes = ...,
+        wait_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "role", b"role", "session_id", b"session_id", "value", b"value", "wait_ms", b"wait_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignRequest: _TypeAlias = CampaignRequest  # noqa: Y015
+
+@_typing.final
+class ProclaimRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    session_id: _builtins.str
+    role: _builtins.str
+    token: _builtins.int
+    value: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        token: _builtins.int = ...,
+        value: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "role", b"role", "session_id", b"session_id", "token", b"token", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProclaimRequest: _TypeAlias = ProclaimRequest  # noqa: Y015
+
+@_typing.final
+class ResignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    session_id: _builtins.str
+    role: _builtins.str
+    token: _builtins.int
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        session_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+        token: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "role", b"role", "session_id", b"session_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResignRequest: _TypeAlias = ResignRequest  # noqa: Y015
+
+@_typing.final
+class ResignResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResignResponse: _TypeAlias = ResignResponse  # noqa: Y015
+
+@_typing.final
+class GetLeaderRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    role: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLeaderRequest: _TypeAlias = GetLeaderRequest  # noqa: Y015
+
+@_typing.final
+class ObserveRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    role: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ObserveRequest: _TypeAlias = ObserveRequest  # noqa: Y015
+
+@_typing.final
+class LeaderUpdate(_message.Message):
+    """The first message is the current state; then one per change of leader or value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HAS_LEADER_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
+    has_leader: _builtins.bool
+    @_builtins.property
+    def leader(self) -> Global___Holder: ...
+    def __init__(
+        self,
+        *,
+        has_leader: _builtins.bool = ...,
+        leader: Global___Holder | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["leader", b"leader"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["has_leader", b"has_leader", "leader", b"leader"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaderUpdate: _TypeAlias = LeaderUpdate  # noqa: Y015

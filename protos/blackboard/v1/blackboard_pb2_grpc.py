@@ -611,3 +611,548 @@ class Blackboard:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CoordinationStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.OpenSession = channel.unary_unary(
+                '/blackboard.v1.Coordination/OpenSession',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.Session.FromString,
+                _registered_method=True)
+        self.KeepAlive = channel.unary_unary(
+                '/blackboard.v1.Coordination/KeepAlive',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.KeepAliveRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.KeepAliveResponse.FromString,
+                _registered_method=True)
+        self.CloseSession = channel.unary_unary(
+                '/blackboard.v1.Coordination/CloseSession',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.CloseSessionRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.CloseSessionResponse.FromString,
+                _registered_method=True)
+        self.ListSessions = channel.unary_unary(
+                '/blackboard.v1.Coordination/ListSessions',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.ListSessionsRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ListSessionsResponse.FromString,
+                _registered_method=True)
+        self.AcquireLock = channel.unary_unary(
+                '/blackboard.v1.Coordination/AcquireLock',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.AcquireLockRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+                _registered_method=True)
+        self.ReleaseLock = channel.unary_unary(
+                '/blackboard.v1.Coordination/ReleaseLock',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.ReleaseLockRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ReleaseLockResponse.FromString,
+                _registered_method=True)
+        self.GetLock = channel.unary_unary(
+                '/blackboard.v1.Coordination/GetLock',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.GetLockRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+                _registered_method=True)
+        self.Campaign = channel.unary_unary(
+                '/blackboard.v1.Coordination/Campaign',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.CampaignRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+                _registered_method=True)
+        self.Proclaim = channel.unary_unary(
+                '/blackboard.v1.Coordination/Proclaim',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.ProclaimRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+                _registered_method=True)
+        self.Resign = channel.unary_unary(
+                '/blackboard.v1.Coordination/Resign',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.ResignRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ResignResponse.FromString,
+                _registered_method=True)
+        self.GetLeader = channel.unary_unary(
+                '/blackboard.v1.Coordination/GetLeader',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.GetLeaderRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+                _registered_method=True)
+        self.Observe = channel.unary_stream(
+                '/blackboard.v1.Coordination/Observe',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.ObserveRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.LeaderUpdate.FromString,
+                _registered_method=True)
+
+
+class CoordinationServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def OpenSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def KeepAlive(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSessions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireLock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLock(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Campaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Proclaim(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLeader(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Observe(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CoordinationServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.OpenSessionRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.Session.SerializeToString,
+            ),
+            'KeepAlive': grpc.unary_unary_rpc_method_handler(
+                    servicer.KeepAlive,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.KeepAliveRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.KeepAliveResponse.SerializeToString,
+            ),
+            'CloseSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseSession,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.CloseSessionRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.CloseSessionResponse.SerializeToString,
+            ),
+            'ListSessions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSessions,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ListSessionsRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.ListSessionsResponse.SerializeToString,
+            ),
+            'AcquireLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLock,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.AcquireLockRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.SerializeToString,
+            ),
+            'ReleaseLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLock,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ReleaseLockRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.ReleaseLockResponse.SerializeToString,
+            ),
+            'GetLock': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLock,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.GetLockRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.SerializeToString,
+            ),
+            'Campaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Campaign,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.CampaignRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.SerializeToString,
+            ),
+            'Proclaim': grpc.unary_unary_rpc_method_handler(
+                    servicer.Proclaim,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ProclaimRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.SerializeToString,
+            ),
+            'Resign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resign,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ResignRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.ResignResponse.SerializeToString,
+            ),
+            'GetLeader': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLeader,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.GetLeaderRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.Holder.SerializeToString,
+            ),
+            'Observe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Observe,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ObserveRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.LeaderUpdate.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'blackboard.v1.Coordination', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('blackboard.v1.Coordination', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Coordination:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/OpenSession',
+            blackboard_dot_v1_dot_blackboard__pb2.OpenSessionRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def KeepAlive(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/KeepAlive',
+            blackboard_dot_v1_dot_blackboard__pb2.KeepAliveRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.KeepAliveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/CloseSession',
+            blackboard_dot_v1_dot_blackboard__pb2.CloseSessionRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.CloseSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSessions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/ListSessions',
+            blackboard_dot_v1_dot_blackboard__pb2.ListSessionsRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.ListSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/AcquireLock',
+            blackboard_dot_v1_dot_blackboard__pb2.AcquireLockRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/ReleaseLock',
+            blackboard_dot_v1_dot_blackboard__pb2.ReleaseLockRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.ReleaseLockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/GetLock',
+            blackboard_dot_v1_dot_blackboard__pb2.GetLockRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Campaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/Campaign',
+            blackboard_dot_v1_dot_blackboard__pb2.CampaignRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Proclaim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/Proclaim',
+            blackboard_dot_v1_dot_blackboard__pb2.ProclaimRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/Resign',
+            blackboard_dot_v1_dot_blackboard__pb2.ResignRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.ResignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLeader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Coordination/GetLeader',
+            blackboard_dot_v1_dot_blackboard__pb2.GetLeaderRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.Holder.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Observe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/blackboard.v1.Coordination/Observe',
+            blackboard_dot_v1_dot_blackboard__pb2.ObserveRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.LeaderUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

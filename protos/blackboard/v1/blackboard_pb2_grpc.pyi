@@ -157,3 +157,124 @@ class BlackboardServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_blackboard_pb2.SubscribeResponse], _abc.AsyncIterator[_blackboard_pb2.SubscribeResponse]]: ...
 
 def add_BlackboardServicer_to_server(servicer: BlackboardServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class CoordinationStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> CoordinationAsyncStub: ...
+    OpenSession: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.OpenSessionRequest, _blackboard_pb2.Session]
+    KeepAlive: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.KeepAliveRequest, _blackboard_pb2.KeepAliveResponse]
+    CloseSession: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.CloseSessionRequest, _blackboard_pb2.CloseSessionResponse]
+    ListSessions: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.ListSessionsRequest, _blackboard_pb2.ListSessionsResponse]
+    AcquireLock: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.AcquireLockRequest, _blackboard_pb2.Holder]
+    ReleaseLock: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.ReleaseLockRequest, _blackboard_pb2.ReleaseLockResponse]
+    GetLock: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.GetLockRequest, _blackboard_pb2.Holder]
+    Campaign: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.CampaignRequest, _blackboard_pb2.Holder]
+    Proclaim: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.ProclaimRequest, _blackboard_pb2.Holder]
+    Resign: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.ResignRequest, _blackboard_pb2.ResignResponse]
+    GetLeader: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.GetLeaderRequest, _blackboard_pb2.Holder]
+    Observe: _grpc.UnaryStreamMultiCallable[_blackboard_pb2.ObserveRequest, _blackboard_pb2.LeaderUpdate]
+
+@_typing.type_check_only
+class CoordinationAsyncStub(CoordinationStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    OpenSession: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.OpenSessionRequest, _blackboard_pb2.Session]  # type: ignore[assignment]
+    KeepAlive: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.KeepAliveRequest, _blackboard_pb2.KeepAliveResponse]  # type: ignore[assignment]
+    CloseSession: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.CloseSessionRequest, _blackboard_pb2.CloseSessionResponse]  # type: ignore[assignment]
+    ListSessions: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.ListSessionsRequest, _blackboard_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    AcquireLock: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.AcquireLockRequest, _blackboard_pb2.Holder]  # type: ignore[assignment]
+    ReleaseLock: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.ReleaseLockRequest, _blackboard_pb2.ReleaseLockResponse]  # type: ignore[assignment]
+    GetLock: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.GetLockRequest, _blackboard_pb2.Holder]  # type: ignore[assignment]
+    Campaign: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.CampaignRequest, _blackboard_pb2.Holder]  # type: ignore[assignment]
+    Proclaim: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.ProclaimRequest, _blackboard_pb2.Holder]  # type: ignore[assignment]
+    Resign: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.ResignRequest, _blackboard_pb2.ResignResponse]  # type: ignore[assignment]
+    GetLeader: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.GetLeaderRequest, _blackboard_pb2.Holder]  # type: ignore[assignment]
+    Observe: _aio.UnaryStreamMultiCallable[_blackboard_pb2.ObserveRequest, _blackboard_pb2.LeaderUpdate]  # type: ignore[assignment]
+
+class CoordinationServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def OpenSession(
+        self,
+        request: _blackboard_pb2.OpenSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.Session, _abc.Awaitable[_blackboard_pb2.Session]]: ...
+
+    @_abc_1.abstractmethod
+    def KeepAlive(
+        self,
+        request: _blackboard_pb2.KeepAliveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.KeepAliveResponse, _abc.Awaitable[_blackboard_pb2.KeepAliveResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CloseSession(
+        self,
+        request: _blackboard_pb2.CloseSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.CloseSessionResponse, _abc.Awaitable[_blackboard_pb2.CloseSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSessions(
+        self,
+        request: _blackboard_pb2.ListSessionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.ListSessionsResponse, _abc.Awaitable[_blackboard_pb2.ListSessionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AcquireLock(
+        self,
+        request: _blackboard_pb2.AcquireLockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.Holder, _abc.Awaitable[_blackboard_pb2.Holder]]: ...
+
+    @_abc_1.abstractmethod
+    def ReleaseLock(
+        self,
+        request: _blackboard_pb2.ReleaseLockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.ReleaseLockResponse, _abc.Awaitable[_blackboard_pb2.ReleaseLockResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetLock(
+        self,
+        request: _blackboard_pb2.GetLockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.Holder, _abc.Awaitable[_blackboard_pb2.Holder]]: ...
+
+    @_abc_1.abstractmethod
+    def Campaign(
+        self,
+        request: _blackboard_pb2.CampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.Holder, _abc.Awaitable[_blackboard_pb2.Holder]]: ...
+
+    @_abc_1.abstractmethod
+    def Proclaim(
+        self,
+        request: _blackboard_pb2.ProclaimRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.Holder, _abc.Awaitable[_blackboard_pb2.Holder]]: ...
+
+    @_abc_1.abstractmethod
+    def Resign(
+        self,
+        request: _blackboard_pb2.ResignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.ResignResponse, _abc.Awaitable[_blackboard_pb2.ResignResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetLeader(
+        self,
+        request: _blackboard_pb2.GetLeaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.Holder, _abc.Awaitable[_blackboard_pb2.Holder]]: ...
+
+    @_abc_1.abstractmethod
+    def Observe(
+        self,
+        request: _blackboard_pb2.ObserveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_blackboard_pb2.LeaderUpdate], _abc.AsyncIterator[_blackboard_pb2.LeaderUpdate]]: ...
+
+def add_CoordinationServicer_to_server(servicer: CoordinationServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -36,6 +36,11 @@ TABLE: tuple[tuple[type[e.BlackboardError], grpc.StatusCode], ...] = (
     (e.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.SlowSubscriber, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.RevisionCompacted, grpc.StatusCode.OUT_OF_RANGE),
+    (e.SessionNotFound, grpc.StatusCode.NOT_FOUND),
+    (e.NoHolder, grpc.StatusCode.NOT_FOUND),
+    (e.LockHeld, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.NotHolder, grpc.StatusCode.FAILED_PRECONDITION),
+    (e.WaitExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (e.BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
     (e.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
 )

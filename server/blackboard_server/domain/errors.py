@@ -13,6 +13,11 @@
     ├── LimitExceeded            a configured limit or quota
     ├── SlowSubscriber           a subscriber fell too far behind
     ├── RevisionCompacted        the revision is no longer retained
+    ├── SessionNotFound          the session was closed or expired
+    ├── NoHolder                 nobody holds the lock or leads the role
+    ├── LockHeld                 a try-once acquire found the lock held
+    ├── NotHolder                the session does not hold that lock or term
+    ├── WaitExpired              a lock or campaign wait ran out
     ├── BackendUnavailable       Redis or etcd cannot be reached (retryable)
     └── ShuttingDown             this replica is draining (retry elsewhere)
 
@@ -144,6 +149,47 @@ class RevisionCompacted(BlackboardError):
             compact_revision=compact_revision,
         )
         self.compact_revision = compact_revision
+
+
+class SessionNotFound(BlackboardError):
+    reason = "SESSION_NOT_FOUND"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id!r} was closed or has expired", session=session_id)
+
+
+class NoHolder(BlackboardError):
+    reason = "NO_HOLDER"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"nobody holds {name!r}", name=name)
+
+
+class LockHeld(BlackboardError):
+    reason = "LOCK_HELD"
+
+    def __init__(self, name: str, holder_agent_id: str, token: int) -> None:
+        super().__init__(
+            f"{name!r} is held by {holder_agent_id or 'another session'}",
+            name=name,
+            holder_agent_id=holder_agent_id,
+            token=token,
+        )
+
+
+class NotHolder(BlackboardError):
+    reason = "NOT_HOLDER"
+
+    def __init__(self, name: str, token: int) -> None:
+        super().__init__(f"this session does not hold {name!r} with token {token}",
+                         name=name, token=token)
+
+
+class WaitExpired(BlackboardError):
+    reason = "WAIT_EXPIRED"
+
+    def __init__(self, name: str, waited_ms: int) -> None:
+        super().__init__(f"gave up waiting for {name!r} after {waited_ms} ms", name=name)
 
 
 class BackendUnavailable(BlackboardError):
