@@ -6,14 +6,17 @@ Redis adapter passes the same contract suite (tests/contract).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from blackboard_server.domain.coordination import Holder, SessionInfo
 from blackboard_server.domain.model import (
     CommitResult,
     Conversation,
     ConversationRef,
     Event,
+    FenceKind,
     Snapshot,
     WriteBatch,
 )
@@ -93,5 +96,86 @@ class StateStore(Protocol):
         ...
 
     async def unwatch(self, ref: ConversationRef) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Coordinator(Protocol):
+    """Sessions, locks and elections of conversations (etcd, or memory when embedded).
+
+    Locks and elections are one mechanism: claims queued by token, the first
+    holds. A claim belongs to a session and goes when the session ends. Tokens
+    only grow.
+    """
+
+    async def open_session(
+        self, ref: ConversationRef, agent_id: str, ttl_ms: int
+    ) -> SessionInfo: ...
+
+    async def keep_alive(self, ref: ConversationRef, session_id: str) -> int:
+        """Renews the session; returns the TTL left in ms. Raises SessionNotFound."""
+        ...
+
+    async def close_session(self, ref: ConversationRef, session_id: str) -> SessionInfo:
+        """Ends the session and drops its claims. Raises SessionNotFound."""
+        ...
+
+    async def session(self, ref: ConversationRef, session_id: str) -> SessionInfo:
+        """Raises SessionNotFound."""
+        ...
+
+    async def sessions(self, ref: ConversationRef) -> list[SessionInfo]:
+        """The live sessions of the conversation, by session id."""
+        ...
+
+    async def held(self, ref: ConversationRef, session_id: str) -> list[Holder]:
+        """The locks and roles the session holds now."""
+        ...
+
+    async def acquire(
+        self,
+        ref: ConversationRef,
+        kind: FenceKind,
+        name: str,
+        session_id: str,
+        value: bytes,
+        wait_ms: int,
+    ) -> Holder:
+        """Claims the lock (or campaigns for the role) and returns once it holds.
+
+        wait_ms == 0 tries once: LockHeld if another session holds it. Otherwise
+        waits up to wait_ms: WaitExpired. Either way the claim is withdrawn on
+        failure. A session that already holds it gets its holder back.
+        """
+        ...
+
+    async def release(
+        self, ref: ConversationRef, kind: FenceKind, name: str, session_id: str, token: int
+    ) -> Holder:
+        """Releases (resigns); NotHolder unless the session holds it with that token."""
+        ...
+
+    async def proclaim(
+        self, ref: ConversationRef, name: str, session_id: str, token: int, value: bytes
+    ) -> Holder:
+        """Sets the leader's value; NotHolder unless the session leads with that token."""
+        ...
+
+    async def holder(self, ref: ConversationRef, kind: FenceKind, name: str) -> Holder | None: ...
+
+    def observe(
+        self, ref: ConversationRef, kind: FenceKind, name: str
+    ) -> AbstractAsyncContextManager[AsyncIterator[Holder | None]]:
+        """The holder now, then every change of holder or value (None: nobody)."""
+        ...
+
+    def observations(self) -> AsyncIterator[tuple[ConversationRef, WriteBatch]]:
+        """What this replica must record: expiries and changes of holder it saw.
+
+        With several replicas each conversation's observations come out of
+        exactly one of them (chosen by election); a replica that loses that
+        role stops yielding them.
+        """
+        ...
 
     async def aclose(self) -> None: ...

@@ -84,12 +84,37 @@ class Change:
     previous: Entry | None  # the entry before the change; None for a create
 
 
+class CoordinationKind(IntEnum):
+    AGENT_JOINED = 1
+    AGENT_LEFT = 2
+    AGENT_EXPIRED = 3
+    LOCK_ACQUIRED = 4
+    LOCK_RELEASED = 5
+    LOCK_EXPIRED = 6
+    LEADER_ELECTED = 7
+    LEADER_RESIGNED = 8
+    LEADER_LOST = 9
+
+
+@dataclass(frozen=True, slots=True)
+class Coordination:
+    """What a coordination event records: who joined or left, or who holds what."""
+
+    kind: CoordinationKind
+    agent_id: str
+    session_id: str
+    name: str = ""  # the lock name or election role
+    token: int = 0
+    value: bytes = b""
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     revision: int
     time_ms: int
     provenance: Provenance
     changes: tuple[Change, ...]
+    coordination: Coordination | None = None
 
 
 # --- writes -----------------------------------------------------------------
@@ -142,7 +167,14 @@ class AppendChild:
     ttl_ms: int = 0
 
 
-Op = Put | Delete | AppendChild
+@dataclass(frozen=True, slots=True)
+class DeleteSessionEntries:
+    """Deletes every entry bound to the session (when the session ends)."""
+
+    session_id: str
+
+
+Op = Put | Delete | AppendChild | DeleteSessionEntries
 
 
 def child_key(parent: str, revision: int) -> str:
@@ -160,6 +192,10 @@ class WriteBatch:
     fence: Fence | None = None
     agent_id: str = ""
     session_id: str = ""
+    # Coordination commits: the event's payload, and fence marks to raise to at
+    # least these tokens (a new holder's token; a released token + 1).
+    coordination: Coordination | None = None
+    marks: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
