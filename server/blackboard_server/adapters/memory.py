@@ -131,7 +131,9 @@ class MemoryStore:
     def _append(self, conv: _Conversation, event: Event) -> None:
         for change in event.changes:
             if change.entry is not None:
-                if change.previous is None:
+                # Not `previous is None`: an event may change one key twice (a Put of
+                # the key an AppendChild of the same batch creates).
+                if change.key not in conv.entries:
                     bisect.insort(conv.keys, change.key)
                 conv.entries[change.key] = change.entry
                 if change.entry.expires_ms:
@@ -152,20 +154,21 @@ class MemoryStore:
             conv.replies.pop(request_id, None)
 
     async def expire_due(self, now_ms: int, limit: int) -> int:
-        due: dict[ConversationRef, list[str]] = {}
+        due: dict[ConversationRef, set[str]] = {}
         count = 0
         while self._expiries and self._expiries[0][0] <= now_ms and count < limit:
             expires_ms, ref, key = heapq.heappop(self._expiries)
             conv = self._conversations.get(ref)
             entry = conv.entries.get(key) if conv else None
-            if entry is not None and entry.expires_ms == expires_ms:
-                due.setdefault(ref, []).append(key)
+            # The heap holds a key twice when it was written twice with the same expiry.
+            if entry is not None and entry.expires_ms == expires_ms and key not in due.get(ref, ()):
+                due.setdefault(ref, set()).add(key)
                 count += 1
         for ref, keys in due.items():
             conv = self._conversations[ref]
             provenance = Provenance(agent_id=EXPIRY_AGENT, time_ms=now_ms)
             changes = tuple(
-                Change(ChangeType.DELETE, k, None, conv.entries[k]) for k in sorted(set(keys))
+                Change(ChangeType.DELETE, k, None, conv.entries[k]) for k in sorted(keys)
             )
             self._append(conv, Event(conv.head + 1, now_ms, provenance, changes))
         return count

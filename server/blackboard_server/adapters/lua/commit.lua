@@ -1,0 +1,196 @@
+-- One write, all or nothing: a port of domain/commit.py::plan plus the
+-- bookkeeping of MemoryStore.commit.
+--
+-- KEYS: meta data index log replies reply_expiry ttl fences
+-- ARGV: batch fingerprint now_ms retention dedupe_window_ms channel max_payload
+local meta, data, index, log, replies, reply_expiry, ttl, fences =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local batch = cmsgpack.unpack(ARGV[1])
+local fingerprint = ARGV[2]
+local now = tonumber(ARGV[3])
+local retention = tonumber(ARGV[4])
+local dedupe_window = tonumber(ARGV[5])
+local channel = ARGV[6]
+local max_payload = tonumber(ARGV[7])
+
+local head = redis.call('HGET', meta, 'rev')
+if not head then
+  return {'NOTFOUND'}
+end
+head = tonumber(head)
+
+-- Forget a few expired request ids per write: bounded work; the lookup below
+-- ignores any expired record this has not reached yet.
+local expired = redis.call('ZRANGEBYSCORE', reply_expiry, '-inf', num(now), 'LIMIT', 0, 16)
+if #expired > 0 then
+  redis.call('HDEL', replies, unpack(expired))
+  redis.call('ZREM', reply_expiry, unpack(expired))
+end
+
+local request_id = batch[4]
+if request_id ~= '' then
+  local record = redis.call('HGET', replies, request_id)
+  if record then
+    record = cmsgpack.unpack(record)
+    if record[3] > now then
+      if record[1] ~= fingerprint then
+        return {'REUSED'}
+      end
+      -- A retry re-announces the earliest expiry in case the first attempt's
+      -- index update never happened.
+      return {'OK', record[2], 1, next_expiry(ttl)}
+    end
+  end
+end
+
+local fence = batch[5]
+local mark_name, mark = nil, 0
+if fence then
+  mark_name = fence[1] .. ':' .. fence[2]
+  mark = tonumber(redis.call('HGET', fences, mark_name) or '0')
+  if mark > fence[3] then
+    return {'FENCED', mark}
+  end
+end
+
+local cache = {}
+local function lookup(key)
+  local hit = cache[key]
+  if hit == nil then
+    local raw = redis.call('HGET', data, key)
+    hit = false
+    if raw then
+      hit = {cmsgpack.unpack(raw), raw}
+    end
+    cache[key] = hit
+  end
+  if hit then
+    return hit[1], hit[2]
+  end
+  return nil, nil
+end
+
+local function compare_holds(c, e)
+  local target, operator = c[2], c[3]
+  local left, right
+  if target == 4 then
+    if not e then
+      return false
+    end
+    left, right = e[2], c[5]
+    if operator == 1 then
+      return left == right
+    elseif operator == 2 then
+      return left ~= right
+    elseif operator == 3 then
+      return bytes_less(right, left)
+    elseif operator == 4 then
+      return bytes_less(left, right)
+    end
+    return false
+  end
+  left, right = 0, c[4]
+  if e then
+    if target == 1 then
+      left = e[4]
+    elseif target == 2 then
+      left = e[5]
+    else
+      left = e[6]
+    end
+  end
+  if operator == 1 then
+    return left == right
+  elseif operator == 2 then
+    return left ~= right
+  elseif operator == 3 then
+    return left > right
+  elseif operator == 4 then
+    return left < right
+  end
+  return false
+end
+
+local held = true
+for _, c in ipairs(batch[1]) do
+  if not compare_holds(c, lookup(c[1])) then
+    held = false
+    break
+  end
+end
+local compared = {}
+if not held then
+  for _, c in ipairs(batch[1]) do
+    local e = lookup(c[1])
+    if e then
+      compared[#compared + 1] = {c[1], e[4], e[6]}
+    else
+      compared[#compared + 1] = {c[1], 0, 0}
+    end
+  end
+end
+
+local ops = batch[3]
+if held then
+  ops = batch[2]
+end
+local revision = head + 1
+local provenance = {batch[6], batch[7], request_id, fence, now}
+local changes, results, has_ttl = {}, {}, false
+-- Every lookup sees the state before the write, as plan's does.
+for _, op in ipairs(ops) do
+  local kind, key = op[1], op[2]
+  if kind == 1 or kind == 3 then
+    if kind == 3 then
+      key = string.format('%s/%020d', key, revision)
+    end
+    local previous, previous_raw = lookup(key)
+    local version, create_revision = 1, revision
+    if previous then
+      version, create_revision = previous[4] + 1, previous[5]
+    end
+    local expires, session = 0, ''
+    if op[5] ~= 0 then
+      expires = now + op[5]
+      has_ttl = true
+    end
+    if kind == 1 then
+      session = op[6]
+    end
+    local entry = {key, op[3], op[4], version, create_revision, revision, expires, session,
+      provenance}
+    changes[#changes + 1] = {type = 1, key = key, entry = cmsgpack.pack(entry),
+      entry_table = entry, previous = previous_raw}
+    results[#results + 1] = {key, version, create_revision}
+  else
+    local previous, previous_raw = lookup(key)
+    if previous then
+      changes[#changes + 1] = {type = 2, key = key, entry = false, previous = previous_raw}
+      results[#results + 1] = {key, previous[4], previous[5]}
+    else
+      results[#results + 1] = {key, 0, 0}
+    end
+  end
+end
+
+if #changes == 0 then
+  return {'OK', cmsgpack.pack({held, head, results, compared}), 0, -1}
+end
+
+if fence then
+  redis.call('HSET', fences, mark_name, num(math.max(mark, fence[3])))
+end
+apply_changes(data, index, ttl, changes)
+local event = encode_event(revision, now, provenance, changes)
+local result = cmsgpack.pack({held, revision, results, compared})
+if request_id ~= '' then
+  local expires = now + dedupe_window
+  redis.call('HSET', replies, request_id, cmsgpack.pack({fingerprint, result, expires}))
+  redis.call('ZADD', reply_expiry, num(expires), request_id)
+end
+append_event(meta, log, revision, now, event, retention, channel, max_payload)
+local earliest = -1
+if has_ttl then
+  earliest = next_expiry(ttl)
+end
+return {'OK', result, 0, earliest}

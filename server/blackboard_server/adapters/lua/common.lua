@@ -1,0 +1,98 @@
+-- Shared by every script: redis_store.py prepends this file to each body.
+--
+-- Entries, events and results are msgpack arrays (layout in redis_codec.py).
+-- Absent values are `false`, never nil: a nil would turn a Lua array into a
+-- map when cmsgpack encodes it.
+
+-- Lua's tostring writes large numbers as 1e+15, which Redis would store verbatim.
+local function num(n)
+  return string.format('%d', n)
+end
+
+-- Lua's `<` on strings follows the server's collation locale; keys and values
+-- order by their bytes, as in Python and in Redis sorted sets.
+local function bytes_less(a, b)
+  local n = math.min(#a, #b)
+  local i = 1
+  while i <= n do
+    local j = math.min(i + 63, n)
+    if string.sub(a, i, j) ~= string.sub(b, i, j) then
+      for p = i, j do
+        local ca, cb = string.byte(a, p), string.byte(b, p)
+        if ca ~= cb then
+          return ca < cb
+        end
+      end
+    end
+    i = j + 1
+  end
+  return #a < #b
+end
+
+local function array_header(n)
+  if n < 16 then
+    return string.char(0x90 + n)
+  elseif n < 65536 then
+    return string.char(0xdc, math.floor(n / 256), n % 256)
+  end
+  return string.char(0xdd, math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+
+-- Stored entries and previous entries are spliced into the event as they are,
+-- without a decode/encode round trip.
+local function encode_event(revision, now, provenance, changes)
+  local parts = {array_header(4), cmsgpack.pack(revision, now, provenance),
+    array_header(#changes)}
+  for _, c in ipairs(changes) do
+    parts[#parts + 1] = array_header(4) .. cmsgpack.pack(c.type, c.key)
+      .. (c.entry or cmsgpack.pack(false)) .. (c.previous or cmsgpack.pack(false))
+  end
+  return table.concat(parts)
+end
+
+-- c.entry_table is the decoded new entry, kept to index its expiry.
+local function apply_changes(data, index, ttl, changes)
+  for _, c in ipairs(changes) do
+    if c.entry then
+      redis.call('HSET', data, c.key, c.entry)
+      redis.call('ZADD', index, 0, c.key)
+      local expires = c.entry_table[7]
+      if expires ~= 0 then
+        redis.call('ZADD', ttl, num(expires), c.key)
+      else
+        redis.call('ZREM', ttl, c.key)
+      end
+    else
+      redis.call('HDEL', data, c.key)
+      redis.call('ZREM', index, c.key)
+      redis.call('ZREM', ttl, c.key)
+    end
+  end
+end
+
+-- The log is a stream with IDs `<revision>-0`: XADD refuses an ID that does not
+-- grow, so a revision can never be logged twice or out of order.
+local function append_event(meta, log, revision, now, event, retention, channel, max_payload)
+  redis.call('XADD', log, num(revision) .. '-0', 'e', event)
+  local compact = tonumber(redis.call('HGET', meta, 'compact'))
+  if revision - retention > compact then
+    compact = revision - retention
+    redis.call('XTRIM', log, 'MINID', num(compact + 1) .. '-0')
+  end
+  redis.call('HSET', meta, 'rev', num(revision), 'compact', num(compact), 'utime', num(now))
+  -- An empty payload still wakes listeners; they read large events from the log.
+  if #event <= max_payload then
+    redis.call('PUBLISH', channel, event)
+  else
+    redis.call('PUBLISH', channel, '')
+  end
+end
+
+local function next_expiry(ttl)
+  local first = redis.call('ZRANGE', ttl, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    return -1
+  end
+  return tonumber(first[2])
+end

@@ -1,0 +1,47 @@
+-- Deletes the due entries of one conversation as one event, as
+-- MemoryStore.expire_due does per conversation.
+--
+-- KEYS: meta data index log ttl
+-- ARGV: now_ms limit retention channel max_payload expiry_agent
+-- Returns {deleted, next expiry or -1 (-1 also when the conversation is gone)}.
+local meta, data, index, log, ttl = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local retention = tonumber(ARGV[3])
+local channel = ARGV[4]
+local max_payload = tonumber(ARGV[5])
+
+local head = redis.call('HGET', meta, 'rev')
+if not head then
+  return {0, -1}
+end
+head = tonumber(head)
+
+local keys, previous = {}, {}
+for _, key in ipairs(redis.call('ZRANGEBYSCORE', ttl, '-inf', num(now), 'LIMIT', 0, limit)) do
+  local raw = redis.call('HGET', data, key)
+  local entry = raw and cmsgpack.unpack(raw)
+  if entry and entry[7] ~= 0 and entry[7] <= now then
+    keys[#keys + 1] = key
+    previous[key] = raw
+  elseif entry and entry[7] ~= 0 then
+    -- The index disagrees with the entry (it never should): trust the entry.
+    redis.call('ZADD', ttl, num(entry[7]), key)
+  else
+    redis.call('ZREM', ttl, key)
+  end
+end
+
+if #keys > 0 then
+  table.sort(keys, bytes_less)
+  local changes = {}
+  for _, key in ipairs(keys) do
+    changes[#changes + 1] = {type = 2, key = key, entry = false, previous = previous[key]}
+  end
+  local revision = head + 1
+  local provenance = {ARGV[6], '', '', false, now}
+  apply_changes(data, index, ttl, changes)
+  local event = encode_event(revision, now, provenance, changes)
+  append_event(meta, log, revision, now, event, retention, channel, max_payload)
+end
+return {#keys, next_expiry(ttl)}

@@ -1,0 +1,440 @@
+"""The durable store: conversations, entries and change logs in Redis.
+
+Every write is one Lua script (adapters/lua/commit.lua, a port of
+domain/commit.py::plan), so checks, revision bump, apply, log append, trim,
+idempotency record and PUBLISH happen as one atomic step. All keys of a
+conversation share one hash tag, so the scripts run unchanged on Redis
+Cluster; the key layout is in redis_codec.py.
+
+Notifications ride on one pub/sub connection owned by a reader task, started
+by `connect` and stopped by `aclose`. They only wake readers: the log is the
+truth, so after any (re)subscription the listener gets None for the
+conversation and reads the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from blackboard_server.adapters import redis_codec as codec
+from blackboard_server.adapters.memory import EXPIRY_AGENT
+from blackboard_server.domain.errors import (
+    BackendUnavailable,
+    ConversationExists,
+    ConversationNotFound,
+    Fenced,
+    RequestIdReused,
+    RevisionCompacted,
+)
+from blackboard_server.domain.model import (
+    CommitResult,
+    Conversation,
+    ConversationRef,
+    Event,
+    Snapshot,
+    WriteBatch,
+)
+from blackboard_server.ports import Listener
+
+log = structlog.get_logger("blackboard.redis")
+
+# Larger events are announced with an empty payload; listeners read the log.
+MAX_NOTIFY_PAYLOAD = 64 * 1024
+# Redis replies that mean "not now" rather than "wrong": the caller may retry.
+_TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
+_LUA = Path(__file__).with_name("lua")
+
+
+class RedisStore:
+    def __init__(
+        self, client: Redis, *, retention: int, dedupe_window_ms: int, prefix: str, timeout_s: float
+    ) -> None:
+        self._client = client
+        self._retention = retention
+        self._dedupe_window_ms = dedupe_window_ms
+        self._prefix = prefix
+        self._timeout_s = timeout_s
+        self._ttl_index = f"{prefix}:ttl"
+        self._scripts = {
+            name: client.register_script(_source(name))
+            for name in ("commit", "conversation", "read", "events", "expire")
+        }
+        self._listeners: list[Listener] = []
+        self._watched: dict[bytes, ConversationRef] = {}
+        self._subscribed: dict[bytes, asyncio.Event] = {}
+        self._pubsub: AbstractConnection | None = None
+        self._send_lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        retention: int = 10_000,
+        dedupe_window_ms: int = 86_400_000,
+        prefix: str = "bb",
+        timeout_s: float = 5.0,
+    ) -> RedisStore:
+        # No retries inside redis-py: a retried script that did run would
+        # write twice. Callers retry, with a request id.
+        client = Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        store = cls(
+            client,
+            retention=retention,
+            dedupe_window_ms=dedupe_window_ms,
+            prefix=prefix,
+            timeout_s=timeout_s,
+        )
+        try:
+            async with store._guard():
+                await client.ping()
+        except BackendUnavailable:
+            await client.aclose()
+            raise
+        store._reader = asyncio.create_task(store._read_notifications(), name="redis-pubsub")
+        return store
+
+    async def __aenter__(self) -> RedisStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        await self._client.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        """Bounds a call by the timeout and reports Redis trouble as BackendUnavailable."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                yield
+        except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+            raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
+        except ResponseError as exc:
+            if isinstance(exc, ReadOnlyError) or str(exc).startswith(_TRANSIENT):
+                raise BackendUnavailable("redis", str(exc)) from exc
+            raise
+
+    async def _run(self, script: str, keys: Sequence[str], *args: object) -> Any:
+        # AsyncScript re-loads the script when Redis answers NOSCRIPT (after a restart).
+        return await self._scripts[script](keys=keys, args=args)  # type: ignore[arg-type]
+
+    def _keys(self, ref: ConversationRef) -> codec.Keys:
+        return codec.Keys.of(self._prefix, ref)
+
+    def _tenant_index(self, tenant: str) -> str:
+        return f"{self._prefix}:conversations:{tenant}"
+
+    # --- conversations --------------------------------------------------------
+
+    async def create_conversation(
+        self, ref: ConversationRef, metadata: dict[str, str], idle_ttl_ms: int, now_ms: int
+    ) -> Conversation:
+        keys, index = self._keys(ref), self._tenant_index(ref.tenant)
+        packed = codec.pack_metadata(metadata)
+        async with self._guard():
+            # Indexed before it exists: a crash in between leaves an id that
+            # listing skips, never a conversation that listing misses.
+            await self._client.zadd(index, {ref.id: 0})
+            created = await self._run(
+                "conversation", keys.all, "create", now_ms, idle_ttl_ms, packed
+            )
+            if created:
+                # A delete of the same id racing this create may have removed it.
+                await self._client.zadd(index, {ref.id: 0})
+        if not created:
+            raise ConversationExists(ref.id)
+        return Conversation(ref, dict(metadata), now_ms, now_ms, idle_ttl_ms, 0, 0)
+
+    async def get_conversation(self, ref: ConversationRef) -> Conversation:
+        async with self._guard():
+            fields = await self._client.hmget(self._keys(ref).meta, codec.META_FIELDS)
+        conversation = codec.conversation(ref, fields)
+        if conversation is None:
+            raise ConversationNotFound(ref.id)
+        return conversation
+
+    async def list_conversations(
+        self, tenant: str, after: str, limit: int
+    ) -> tuple[list[Conversation], bool]:
+        """Ids whose conversation is gone (a create or delete cut short) are skipped."""
+        index = self._tenant_index(tenant)
+        page: list[Conversation] = []
+        cursor = after
+        async with self._guard():
+            while len(page) <= limit:
+                wanted = limit + 1 - len(page)
+                found = await self._client.zrangebylex(index, f"({cursor}", "+", 0, wanted)
+                refs = [ConversationRef(tenant, codec.as_bytes(i).decode()) for i in found]
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for ref in refs:
+                        pipe.hmget(self._keys(ref).meta, codec.META_FIELDS)
+                    metas = await pipe.execute()
+                page.extend(
+                    c
+                    for ref, fields in zip(refs, metas, strict=True)
+                    if (c := codec.conversation(ref, fields)) is not None
+                )
+                if len(refs) < wanted:
+                    break
+                cursor = refs[-1].id
+        return page[:limit], len(page) > limit
+
+    async def delete_conversation(self, ref: ConversationRef) -> None:
+        keys, index = self._keys(ref), self._tenant_index(ref.tenant)
+        async with self._guard():
+            deleted = await self._run("conversation", keys.all, "delete", keys.channel)
+            if deleted:
+                await self._client.zrem(index, ref.id)
+                # A create of the same id racing this delete must stay listed.
+                if await self._client.exists(keys.meta):
+                    await self._client.zadd(index, {ref.id: 0})
+        if not deleted:
+            raise ConversationNotFound(ref.id)
+
+    # --- writes ---------------------------------------------------------------
+
+    async def commit(
+        self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
+    ) -> CommitResult:
+        keys = self._keys(ref)
+        async with self._guard():
+            reply = await self._run(
+                "commit",
+                keys.all,
+                codec.pack_batch(batch),
+                fingerprint,
+                now_ms,
+                self._retention,
+                self._dedupe_window_ms,
+                keys.channel,
+                MAX_NOTIFY_PAYLOAD,
+            )
+            status = reply[0]
+            if status == b"OK" and reply[3] >= 0:
+                # After the commit, so the sweeper can never miss it (see expire_due).
+                await self._client.zadd(self._ttl_index, {keys.tag: reply[3]}, lt=True)
+        if status == b"NOTFOUND":
+            raise ConversationNotFound(ref.id)
+        if status == b"FENCED":
+            assert batch.fence is not None
+            raise Fenced(batch.fence.mark, batch.fence.token, reply[1])
+        if status == b"REUSED":
+            raise RequestIdReused(batch.request_id)
+        return codec.unpack_result(reply[1], replayed=bool(reply[2]))
+
+    async def expire_due(self, now_ms: int, limit: int) -> int:
+        """Works through conversations by their earliest expiry.
+
+        The index member is removed before the script runs and re-added (LT)
+        with the expiry the script reports, while writers add (LT) after they
+        commit: whichever order they interleave in, the index ends up with the
+        earliest expiry. A process dying between removal and re-adding drops
+        the conversation from the index until its next TTL write.
+        """
+        count = 0
+        while count < limit:
+            async with self._guard():
+                due = await self._client.zrangebyscore(
+                    self._ttl_index, "-inf", now_ms, 0, limit - count
+                )
+            before = count
+            for member in due:
+                if count < limit:
+                    count += await self._expire_conversation(member, now_ms, limit - count)
+            if count == before:  # nothing was due after all: the index was ahead
+                break
+        return count
+
+    async def _expire_conversation(self, member: Any, now_ms: int, limit: int) -> int:
+        keys = self._keys(codec.Keys.ref_of(member))
+        async with self._guard():
+            await self._client.zrem(self._ttl_index, member)
+            deleted, following = await self._run(
+                "expire",
+                keys.named("m", "d", "k", "l", "x"),
+                now_ms,
+                limit,
+                self._retention,
+                keys.channel,
+                MAX_NOTIFY_PAYLOAD,
+                EXPIRY_AGENT,
+            )
+            if following >= 0:
+                await self._client.zadd(self._ttl_index, {member: following}, lt=True)
+        return int(deleted)
+
+    # --- reads ----------------------------------------------------------------
+
+    async def read(
+        self, ref: ConversationRef, prefix: str, after: str, limit: int, *, exact: bool = False
+    ) -> Snapshot:
+        keys = self._keys(ref)
+        raw_prefix = prefix.encode()
+        if exact:
+            bounds = (b"1", raw_prefix, b"")
+        else:
+            low = b"(" + after.encode() if after >= prefix else b"[" + raw_prefix
+            # No UTF-8 key contains the byte 0xff, so it bounds every key under the prefix.
+            bounds = (b"0", low, b"(" + raw_prefix + b"\xff" if prefix else b"+")
+        async with self._guard():
+            reply = await self._run("read", keys.named("m", "d", "k"), *bounds, limit)
+        if reply[0] == b"NOTFOUND":
+            raise ConversationNotFound(ref.id)
+        entries = tuple(codec.unpack_entry(raw) for raw in reply[4:])
+        return Snapshot(entries, reply[1], reply[2], bool(reply[3]))
+
+    async def events(
+        self, ref: ConversationRef, start: int, end: int, limit: int
+    ) -> tuple[Sequence[Event], int]:
+        keys = self._keys(ref)
+        async with self._guard():
+            reply = await self._run("events", keys.named("m", "l"), start, end, limit)
+        if reply[0] == b"NOTFOUND":
+            raise ConversationNotFound(ref.id)
+        if reply[0] == b"COMPACTED":
+            raise RevisionCompacted(start, reply[1])
+        return [codec.unpack_event(raw) for raw in reply[3:]], reply[2]
+
+    async def head(self, ref: ConversationRef) -> tuple[int, int]:
+        async with self._guard():
+            revision, compact = await self._client.hmget(self._keys(ref).meta, ["rev", "compact"])
+        if revision is None or compact is None:
+            raise ConversationNotFound(ref.id)
+        return int(revision), int(compact)
+
+    # --- notifications --------------------------------------------------------
+
+    def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    async def watch(self, ref: ConversationRef) -> None:
+        """Returns once Redis confirms the subscription.
+
+        Every confirmation, including those after a reconnect, also calls the
+        listener with None: events committed before it were not announced.
+        """
+        channel = self._keys(ref).channel
+        if channel not in self._watched:
+            self._watched[channel] = ref
+            self._subscribed[channel] = asyncio.Event()
+        subscribed = self._subscribed[channel]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._send_for(channel, "SUBSCRIBE")
+                await subscribed.wait()
+        except TimeoutError:
+            await self.unwatch(ref)
+            raise BackendUnavailable("redis", f"no subscription to {ref}") from None
+
+    async def unwatch(self, ref: ConversationRef) -> None:
+        """Local bookkeeping first: it never fails, even with Redis down."""
+        channel = self._keys(ref).channel
+        if self._watched.pop(channel, None) is not None:
+            del self._subscribed[channel]
+            await self._send_for(channel, "UNSUBSCRIBE")
+
+    async def _send_for(self, channel: bytes, command: str) -> None:
+        """Sends (UN)SUBSCRIBE unless the channel's watch changed meanwhile."""
+        async with self._send_lock:
+            if (channel in self._watched) != (command == "SUBSCRIBE"):
+                return
+            conn = self._pubsub
+            if conn is not None and conn.is_connected:
+                # A failed send breaks the connection; the reader reconnects and resubscribes.
+                with contextlib.suppress(RedisError, OSError):
+                    await conn.send_command(command, channel)
+
+    async def _read_notifications(self) -> None:
+        """Owns the pub/sub connection: connects, subscribes, reads, reconnects."""
+        delay = 0.05
+        while True:
+            conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+            try:
+                await conn.connect()
+                async with self._send_lock:
+                    self._pubsub = conn
+                    if self._watched:
+                        await conn.send_command("SUBSCRIBE", *self._watched)
+                delay = 0.05
+                await self._read_messages(conn)
+            except (RedisError, OSError) as exc:
+                # Once per outage, not once per attempt to reconnect.
+                if self._pubsub is not None:
+                    log.warning("redis pub/sub connection lost", error=str(exc))
+            except Exception:
+                log.exception("redis pub/sub reader failed; reconnecting")
+            finally:
+                self._pubsub = None
+                for subscribed in self._subscribed.values():
+                    subscribed.clear()
+                await conn.disconnect(nowait=True)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _read_messages(self, conn: AbstractConnection) -> None:
+        # An idle connection is probed with PING: a silent Redis is a lost one.
+        unanswered = False
+        while True:
+            # push_request: over RESP3 (redis-py's default) messages arrive as pushes.
+            message = await conn.read_response(timeout=self._timeout_s / 2, push_request=True)
+            if message is None:
+                if unanswered:
+                    raise RedisTimeoutError("pub/sub connection stopped answering")
+                async with self._send_lock:
+                    await conn.send_command("PING")
+                unanswered = True
+                continue
+            unanswered = False
+            if isinstance(message, list) and len(message) == 3:
+                await self._dispatch(*message)
+
+    async def _dispatch(self, kind: bytes, channel: bytes, payload: Any) -> None:
+        ref = self._watched.get(channel)
+        if kind == b"message" and ref is not None:
+            self._notify(ref, codec.event_or_none(payload))
+        elif kind == b"subscribe":
+            if ref is None:  # unwatched while the SUBSCRIBE was in flight
+                await self._send_for(channel, "UNSUBSCRIBE")
+                return
+            self._subscribed[channel].set()
+            self._notify(ref, None)
+
+    def _notify(self, ref: ConversationRef, event: Event | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(ref, event)
+            except Exception:
+                log.exception("store listener failed", conversation=str(ref))
+
+
+def _source(name: str) -> str:
+    return (_LUA / "common.lua").read_text() + (_LUA / f"{name}.lua").read_text()
+
+
+__all__ = ["MAX_NOTIFY_PAYLOAD", "RedisStore"]
