@@ -7,36 +7,33 @@ server in its own process, clients on uvloop with the raw generated stubs:
    grpc.aio echo server (tests/bench_echo.py, its own process) back to back;
 2. put: the same load shape against Blackboard Put (one conversation, one key
    per worker), and the ratio put/echo;
-3. fan-out: one writer putting at a fixed rate (open loop: each write has an
-   intended send time, so a stall shows up as lag instead of being hidden)
-   while `--subscribers` Subscribe streams in separate processes
-   (tests/bench_fanout.py) check that they get every revision once, in order.
+3. fan-out (tests/bench_fanout.py): one writer putting at a fixed rate (open
+   loop: each write has an intended send time, so a stall shows up as lag
+   instead of being hidden) while `--subscribers` Subscribe streams in separate
+   processes (tests/bench_subscriber.py) check that they get every revision
+   once, in order.
 
-Prints a table and writes bench-results/latest.json.
+Prints a table and writes bench-results/latest.json (and the server's log next
+to it). Every process shares the machine: the table says how much CPU each used
+and how much went to anything else, and warns when that was enough to matter.
+`--profile` samples the servers with py-spy (tests/bench_profile.py).
 
     python -m tests.bench [--store embedded] [--duration 10] ...
 """
 
 from __future__ import annotations
 
-import os
-
-# The benchmark starts subscriber processes after gRPC is running; they exec at once,
-# so gRPC's fork handlers have nothing to do (and would log that they were skipped).
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
-
 import argparse
 import asyncio
 import json
+import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +42,16 @@ import grpc
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from tests import bench_echo
-from tests.bench_common import CpuMeter, Latencies, ServerProcess, machine, wait_quiet
+from tests.bench_common import (
+    CALL_TIMEOUT_S,
+    VALUE,
+    CpuMeter,
+    Latencies,
+    ServerProcess,
+    machine,
+    wait_quiet,
+)
+from tests.bench_fanout import run_fanout
 from tests.bench_profile import Profiler
 from tests.bench_report import print_table, rows
 from tests.servers import RedisServer, free_port, require
@@ -53,7 +59,6 @@ from tests.servers import RedisServer, free_port, require
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results" / "latest.json"
 REDIS_ADAPTER = ROOT / "server" / "blackboard_server" / "adapters" / "redis_store.py"
-VALUE = b"x" * 100  # a small JSON-ish status value
 
 
 # --- closed loop -------------------------------------------------------------
@@ -80,7 +85,7 @@ async def closed_loop(
         call, request = calls[i % len(calls)], requests[i]
         while (t0 := time.perf_counter_ns()) < window_end:
             try:
-                await call(request)
+                await call(request, timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
                 key = f"{error.code().name}: {error.details()}"
                 errors[key] = errors.get(key, 0) + 1
@@ -172,190 +177,6 @@ async def run_put(
     for c in channels:
         await c.close()
     return result
-
-
-# --- fan-out -----------------------------------------------------------------
-
-
-async def start_subscribers(
-    args: argparse.Namespace, address: str, conversation: str
-) -> list[asyncio.subprocess.Process]:
-    procs = []
-    per_proc = [
-        args.subscribers // args.fanout_procs + (i < args.subscribers % args.fanout_procs)
-        for i in range(args.fanout_procs)
-    ]
-    for streams in per_proc:
-        procs.append(
-            await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.bench_fanout",
-                "--target",
-                address,
-                "--conversation",
-                conversation,
-                "--streams",
-                str(streams),
-                "--channels",
-                str(min(streams, args.fanout_channels)),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                limit=256 << 20,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        )
-    for proc in procs:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        ready = json.loads(line or b'{"ready": false, "errors": ["exited"]}')
-        if not ready["ready"]:
-            raise RuntimeError(f"subscribers failed to start: {ready['errors']}")
-    return procs
-
-
-@dataclass
-class Writes:
-    t0_wall_ns: int
-    duration_s: float
-    revisions: list[int] = field(default_factory=list)
-    latency: Latencies = field(default_factory=Latencies)  # from the intended send time
-    errors: dict[str, int] = field(default_factory=dict)
-    in_window: int = 0  # completed within the intended sending window
-    drained_s: float = 0.0  # from the window's end until the last write completed
-
-
-async def open_loop_writer(
-    stub: pb_grpc.BlackboardStub, conversation: str, rate: float, duration_s: float
-) -> Writes:
-    """Sends write i at t0 + i/rate, whatever happened to the earlier ones."""
-    period_ns = int(1e9 / rate)
-    count = int(rate * duration_s)
-    t0_mono = time.monotonic_ns() + 10_000_000
-    writes = Writes(time.time_ns() + 10_000_000, duration_s)
-    window_end = t0_mono + count * period_ns
-
-    async def write(i: int, intended_mono: int) -> None:
-        data = struct.pack("<qq", writes.t0_wall_ns + i * period_ns, time.time_ns()) + VALUE
-        request = pb.PutRequest(
-            conversation_id=conversation,
-            key=f"fanout/k{i % 16:02d}",
-            value=pb.Value(data=data, content_type="application/octet-stream"),
-        )
-        try:
-            result = await stub.Put(request)
-        except grpc.aio.AioRpcError as error:
-            key = f"{error.code().name}: {error.details()}"
-            writes.errors[key] = writes.errors.get(key, 0) + 1
-            return
-        done = time.monotonic_ns()
-        writes.revisions.append(result.revision)
-        writes.latency.add((done - intended_mono) // 1000)
-        writes.in_window += done <= window_end
-
-    tasks = []
-    for i in range(count):
-        intended = t0_mono + i * period_ns
-        delay = intended - time.monotonic_ns()
-        if delay > 0:
-            await asyncio.sleep(delay / 1e9)
-        tasks.append(asyncio.create_task(write(i, intended)))
-    await asyncio.gather(*tasks)
-    writes.drained_s = max(0.0, (time.monotonic_ns() - window_end) / 1e9)
-    return writes
-
-
-async def run_fanout(
-    args: argparse.Namespace, address: str, pids: dict[str, int], profiler: Profiler
-) -> dict[str, Any]:
-    channel = grpc.aio.insecure_channel(address)
-    stub = pb_grpc.BlackboardStub(channel)
-    conversation = f"bench-fanout-{uuid.uuid4().hex[:8]}"
-    await stub.CreateConversation(pb.CreateConversationRequest(id=conversation))
-    procs = await start_subscribers(args, address, conversation)
-    try:
-        cpu = CpuMeter(
-            {
-                "writer": os.getpid(),
-                **pids,
-                **{f"subscribers-{i}": p.pid for i, p in enumerate(procs)},
-            }
-        )
-        cpu.start()
-        await profiler.start("fanout-server", pids["server"], args.fanout_duration)
-        writes = await open_loop_writer(stub, conversation, args.rate, args.fanout_duration)
-        cpu_used = cpu.stop()
-        last = max(writes.revisions, default=0)
-        streams: list[dict[str, Any]] = []
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps({"last": last, "deadline_s": 10}).encode() + b"\n")
-            await proc.stdin.drain()
-        for proc in procs:
-            assert proc.stdout is not None
-            line = await asyncio.wait_for(proc.stdout.readline(), 60)
-            streams += json.loads(line)["streams"]
-    finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.terminate()
-            await proc.wait()
-        await channel.close()
-    summary = fanout_summary(args, streams, last, writes, cpu_used)
-    summary["busiest_other_processes"] = cpu.others
-    return summary
-
-
-def fanout_summary(
-    args: argparse.Namespace,
-    streams: list[dict[str, Any]],
-    last: int,
-    writes: Writes,
-    cpu: dict[str, float],
-) -> dict[str, Any]:
-    commit, send, intended = Latencies(), Latencies(), Latencies()
-    problems: list[str] = []
-    received = messages = 0
-    for i, s in enumerate(streams):
-        commit.extend(s["commit_us"])
-        send.extend(s["send_us"])
-        intended.extend(s["intended_us"])
-        received += s["received"]
-        messages += s["messages"]
-        tail = max(0, last - s["last"])
-        if s["missing"] or s["duplicates"] or s["resets"] or s["error"] or tail:
-            problems.append(
-                f"stream {i}: missing {s['missing'] + tail} (never received {tail}), "
-                f"duplicates {s['duplicates']}, resets {s['resets']}, error {s['error']!r}"
-            )
-    expected = sum(max(0, last - s["synced"]) for s in streams)
-    # From the first intended send to the last delivery: a backlog stretches it.
-    last_delivery = max((s["last_delivery_ns"] for s in streams), default=writes.t0_wall_ns)
-    span_s = max(writes.duration_s, (last_delivery - writes.t0_wall_ns) / 1e9)
-    revisions = sorted(writes.revisions)
-    return {
-        "subscribers": len(streams),
-        "subscriber_processes": args.fanout_procs,
-        "channels_per_process": args.fanout_channels,
-        "intended_writes_per_s": args.rate,
-        "writes": len(revisions),
-        "write_errors": writes.errors,
-        "writes_completed_in_window_per_s": round(writes.in_window / writes.duration_s, 1),
-        "write_backlog_drained_after_window_s": round(writes.drained_s, 3),
-        "revisions_contiguous": revisions == list(range(last - len(revisions) + 1, last + 1)),
-        "deliveries": received,
-        "deliveries_expected": expected,
-        "delivery_span_s": round(span_s, 3),
-        "deliveries_per_s": round(received / span_s, 1),
-        "stream_messages": messages,
-        "streams_with_problems": len(problems),
-        "problems": problems[:10],
-        "commit_to_delivery": commit.summary(),
-        "send_to_delivery": send.summary(),
-        "intended_send_to_delivery": intended.summary(),
-        "put_latency_from_intended_send": writes.latency.summary(),
-        "cpu_pct_of_one_core": cpu,
-    }
 
 
 # --- the run -----------------------------------------------------------------

@@ -18,11 +18,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 try:  # HdrHistogram when it is installed; exact percentiles of sorted samples otherwise.
-    from hdrh.histogram import HdrHistogram
+    from hdrh.histogram import HdrHistogram  # type: ignore[import-untyped]
 except ImportError:  # pragma: no cover - depends on the environment
     HdrHistogram = None
 
 HDR = HdrHistogram is not None
+VALUE = b"x" * 100  # the payload of every put: a small status value
+CALL_TIMEOUT_S = 30.0  # a stuck server ends the run with errors instead of hanging it
 MAX_US = 60_000_000  # a minute: anything slower is clamped, and counted as such
 
 
@@ -56,7 +58,7 @@ class Latencies:
         if not self.count:
             return float("nan")
         if self._hist is not None:  # a bucket's upper end: never report more than the max
-            return min(self._hist.get_value_at_percentile(p), self._max) / 1000
+            return min(int(self._hist.get_value_at_percentile(p)), self._max) / 1000
         self._samples.sort()
         rank = max(0, min(self.count - 1, round(p / 100 * self.count + 0.5) - 1))
         return self._samples[rank] / 1000

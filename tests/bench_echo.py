@@ -26,7 +26,7 @@ async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) 
 
 async def serve(listen: str) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    handler = grpc.unary_unary_rpc_method_handler(
+    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
         echo, request_deserializer=None, response_serializer=None
     )
     server.add_generic_rpc_handlers(

@@ -1,28 +1,23 @@
-"""Subscribers for the fan-out benchmark, run as a process of their own.
+"""The fan-out phase of `make bench`: one open-loop writer, many subscribers.
 
-Opens `--streams` Subscribe streams (snapshot mode) over `--channels` channels,
-prints one JSON line {"ready": ...} once every stream has its Synced marker, then
-reads one JSON line {"last": REVISION, "deadline_s": S} from stdin, waits until
-every stream has received REVISION (or the deadline passes), and prints one
-JSON line with what each stream received: counts, gaps, duplicates, and the lag
-samples in microseconds.
-
-The writer puts struct("<qq", intended_send_ns, actual_send_ns) at the start of
-each value; this process reads the clock once per stream message (same machine,
-same clock).
-
-    python -m tests.bench_fanout --target HOST:PORT --conversation ID --streams 50
+The writer sends put i at t0 + i/rate whatever happened to the earlier ones
+(open loop), so a server that stalls shows it as lag and as a backlog of
+writes, instead of quietly slowing the writer down. The subscribers run in
+processes of their own (tests/bench_subscriber.py) and report every revision
+they got; this module checks each got every one once, in order.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
+import os
 import struct
+import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,138 +25,212 @@ import grpc
 
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
+from tests.bench_common import CALL_TIMEOUT_S, VALUE, CpuMeter, Latencies, python_env
+from tests.bench_profile import Profiler
 
-STAMP = struct.Struct("<qq")
+
+class Subscribers:
+    """One tests.bench_subscriber process, spoken to in JSON lines over its stdin and stdout.
+
+    Started with subprocess.Popen rather than the event loop's subprocess support:
+    uvloop forks through libuv, and gRPC would log that it skipped its fork handlers.
+    """
+
+    def __init__(self, address: str, conversation: str, streams: int, channels: int) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.bench_subscriber",
+                "--target",
+                address,
+                "--conversation",
+                conversation,
+                "--streams",
+                str(streams),
+                "--channels",
+                str(channels),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=python_env(),
+        )
+
+    async def receive(self, within_s: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(within_s):
+            line = await asyncio.to_thread(self.proc.stdout.readline)
+        if not line:
+            raise RuntimeError(f"subscriber process exited with {self.proc.wait()}")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+
+
+async def start_subscribers(
+    args: argparse.Namespace, address: str, conversation: str
+) -> list[Subscribers]:
+    procs = [
+        Subscribers(address, conversation, n, min(n, args.fanout_channels))
+        for n in (
+            args.subscribers // args.fanout_procs + (i < args.subscribers % args.fanout_procs)
+            for i in range(args.fanout_procs)
+        )
+    ]
+    try:
+        for proc in procs:
+            ready = await proc.receive(60)
+            if not ready["ready"]:
+                raise RuntimeError(f"subscribers failed to start: {ready['errors']}")
+    except BaseException:
+        for proc in procs:
+            proc.stop()
+        raise
+    return procs
 
 
 @dataclass
-class Stream:
-    synced: int = -1  # the snapshot revision; events after it are expected
-    last: int = -1  # the last revision received
-    received: int = 0
-    messages: int = 0
-    missing: int = 0  # revisions skipped over
-    duplicates: int = 0  # revisions at or below one already received
-    resets: int = 0
-    error: str = ""
-    last_delivery_ns: int = 0
-    commit_us: list[int] = field(default_factory=list)
-    send_us: list[int] = field(default_factory=list)
-    intended_us: list[int] = field(default_factory=list)
-    caught_up: asyncio.Event = field(default_factory=asyncio.Event)
-    target: int = 1 << 62
-
-    def on_events(self, events: Any, now_ns: int) -> None:
-        self.messages += 1
-        self.last_delivery_ns = now_ns
-        now_us = now_ns // 1000
-        for event in events:
-            revision = event.revision
-            if revision <= self.last:
-                self.duplicates += 1
-                continue
-            self.missing += revision - self.last - 1
-            self.last = revision
-            self.received += 1
-            self.commit_us.append(now_us - event.time_unix_ms * 1000)
-            data = event.changes[0].entry.value.data if event.changes else b""
-            if len(data) >= STAMP.size:
-                intended_ns, sent_ns = STAMP.unpack_from(data)
-                self.send_us.append(now_us - sent_ns // 1000)
-                self.intended_us.append(now_us - intended_ns // 1000)
-        if self.last >= self.target:
-            self.caught_up.set()
+class Writes:
+    t0_wall_ns: int
+    duration_s: float
+    revisions: list[int] = field(default_factory=list)
+    latency: Latencies = field(default_factory=Latencies)  # from the intended send time
+    errors: dict[str, int] = field(default_factory=dict)
+    in_window: int = 0  # completed within the intended sending window
+    drained_s: float = 0.0  # from the window's end until the last write completed
 
 
-async def follow(
-    stub: pb_grpc.BlackboardStub, conversation: str, stream: Stream, synced: asyncio.Event
-) -> None:
-    call = stub.Subscribe(pb.SubscribeRequest(conversation_id=conversation))
+async def open_loop_writer(
+    stub: pb_grpc.BlackboardStub, conversation: str, rate: float, duration_s: float
+) -> Writes:
+    """Sends write i at t0 + i/rate, whatever happened to the earlier ones."""
+    period_ns = int(1e9 / rate)
+    count = int(rate * duration_s)
+    t0_mono = time.monotonic_ns() + 10_000_000
+    writes = Writes(time.time_ns() + 10_000_000, duration_s)
+    window_end = t0_mono + count * period_ns
+
+    async def write(i: int, intended_mono: int) -> None:
+        data = struct.pack("<qq", writes.t0_wall_ns + i * period_ns, time.time_ns()) + VALUE
+        request = pb.PutRequest(
+            conversation_id=conversation,
+            key=f"fanout/k{i % 16:02d}",
+            value=pb.Value(data=data, content_type="application/octet-stream"),
+        )
+        try:
+            result = await stub.Put(request, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            key = f"{error.code().name}: {error.details()}"
+            writes.errors[key] = writes.errors.get(key, 0) + 1
+            return
+        done = time.monotonic_ns()
+        writes.revisions.append(result.revision)
+        writes.latency.add((done - intended_mono) // 1000)
+        writes.in_window += done <= window_end
+
+    tasks = []
+    for i in range(count):
+        intended = t0_mono + i * period_ns
+        delay = intended - time.monotonic_ns()
+        if delay > 0:
+            await asyncio.sleep(delay / 1e9)
+        tasks.append(asyncio.create_task(write(i, intended)))
+    await asyncio.gather(*tasks)
+    writes.drained_s = max(0.0, (time.monotonic_ns() - window_end) / 1e9)
+    return writes
+
+
+async def run_fanout(
+    args: argparse.Namespace, address: str, pids: dict[str, int], profiler: Profiler
+) -> dict[str, Any]:
+    channel = grpc.aio.insecure_channel(address)
+    stub = pb_grpc.BlackboardStub(channel)
+    conversation = f"bench-fanout-{uuid.uuid4().hex[:8]}"
+    await stub.CreateConversation(pb.CreateConversationRequest(id=conversation))
+    procs = await start_subscribers(args, address, conversation)
     try:
-        async for message in call:
-            kind = message.WhichOneof("message")
-            if kind == "events":
-                stream.on_events(message.events.events, time.time_ns())
-            elif kind == "synced":
-                stream.synced = stream.last = message.synced.revision
-                synced.set()
-            elif kind == "reset":
-                stream.resets += 1
-    except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.CANCELLED:
-            stream.error = f"{error.code().name}: {error.details()}"
+        cpu = CpuMeter(
+            {
+                "writer": os.getpid(),
+                **pids,
+                **{f"subscribers-{i}": p.proc.pid for i, p in enumerate(procs)},
+            }
+        )
+        cpu.start()
+        await profiler.start("fanout-server", pids["server"], args.fanout_duration)
+        writes = await open_loop_writer(stub, conversation, args.rate, args.fanout_duration)
+        cpu_used = cpu.stop()
+        last = max(writes.revisions, default=0)
+        streams: list[dict[str, Any]] = []
+        for proc in procs:
+            proc.send({"last": last, "deadline_s": 10})
+        for proc in procs:
+            streams += (await proc.receive(60))["streams"]
     finally:
-        stream.caught_up.set()  # ended: nothing more will come
-        synced.set()
+        for proc in procs:
+            proc.stop()
+        await channel.close()
+    summary = fanout_summary(args, streams, last, writes, cpu_used)
+    summary["busiest_other_processes"] = cpu.others
+    return summary
 
 
-async def run(target: str, conversation: str, streams: int, channels: int) -> None:
-    chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
-    stubs = [pb_grpc.BlackboardStub(c) for c in chans]
-    state = [Stream() for _ in range(streams)]
-    synced = [asyncio.Event() for _ in range(streams)]
-    tasks = [
-        asyncio.create_task(follow(stubs[i % channels], conversation, s, e))
-        for i, (s, e) in enumerate(zip(state, synced, strict=True))
-    ]
-    await asyncio.gather(*(e.wait() for e in synced))
-    errors = [s.error for s in state if s.error]
-    print(json.dumps({"ready": not errors, "errors": errors[:3]}), flush=True)
-
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    line = await reader.readline()
-    if not line:  # the benchmark went away
-        return
-    order = json.loads(line)
-    for s in state:
-        s.target = order["last"]
-        if s.last >= s.target:
-            s.caught_up.set()
-    waiting = [asyncio.create_task(s.caught_up.wait()) for s in state]
-    await asyncio.wait(waiting, timeout=order["deadline_s"])
-    for task in [*tasks, *waiting]:
-        task.cancel()
-    await asyncio.gather(*tasks, *waiting, return_exceptions=True)
-    for c in chans:
-        await c.close()
-    with contextlib.suppress(BrokenPipeError):  # the benchmark gave up on us
-        print(json.dumps({"streams": [report(s) for s in state]}), flush=True)
-
-
-def report(s: Stream) -> dict[str, Any]:
+def fanout_summary(
+    args: argparse.Namespace,
+    streams: list[dict[str, Any]],
+    last: int,
+    writes: Writes,
+    cpu: dict[str, float],
+) -> dict[str, Any]:
+    commit, send, intended = Latencies(), Latencies(), Latencies()
+    problems: list[str] = []
+    received = messages = 0
+    for i, s in enumerate(streams):
+        commit.extend(s["commit_us"])
+        send.extend(s["send_us"])
+        intended.extend(s["intended_us"])
+        received += s["received"]
+        messages += s["messages"]
+        tail = max(0, last - s["last"])
+        if s["missing"] or s["duplicates"] or s["resets"] or s["error"] or tail:
+            problems.append(
+                f"stream {i}: missing {s['missing'] + tail} (never received {tail}), "
+                f"duplicates {s['duplicates']}, resets {s['resets']}, error {s['error']!r}"
+            )
+    expected = sum(max(0, last - s["synced"]) for s in streams)
+    # From the first intended send to the last delivery: a backlog stretches it.
+    last_delivery = max((s["last_delivery_ns"] for s in streams), default=writes.t0_wall_ns)
+    span_s = max(writes.duration_s, (last_delivery - writes.t0_wall_ns) / 1e9)
+    revisions = sorted(writes.revisions)
     return {
-        "synced": s.synced,
-        "last": s.last,
-        "received": s.received,
-        "messages": s.messages,
-        "missing": s.missing,
-        "duplicates": s.duplicates,
-        "resets": s.resets,
-        "error": s.error,
-        "last_delivery_ns": s.last_delivery_ns,
-        "commit_us": s.commit_us,
-        "send_us": s.send_us,
-        "intended_us": s.intended_us,
+        "subscribers": len(streams),
+        "subscriber_processes": args.fanout_procs,
+        "channels_per_process": args.fanout_channels,
+        "intended_writes_per_s": args.rate,
+        "writes": len(revisions),
+        "write_errors": writes.errors,
+        "writes_completed_in_window_per_s": round(writes.in_window / writes.duration_s, 1),
+        "write_backlog_drained_after_window_s": round(writes.drained_s, 3),
+        "revisions_contiguous": revisions == list(range(last - len(revisions) + 1, last + 1)),
+        "deliveries": received,
+        "deliveries_expected": expected,
+        "delivery_span_s": round(span_s, 3),
+        "deliveries_per_s": round(received / span_s, 1),
+        "stream_messages": messages,
+        "streams_with_problems": len(problems),
+        "problems": problems[:10],
+        "commit_to_delivery": commit.summary(),
+        "send_to_delivery": send.summary(),
+        "intended_send_to_delivery": intended.summary(),
+        "put_latency_from_intended_send": writes.latency.summary(),
+        "cpu_pct_of_one_core": cpu,
     }
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--conversation", required=True)
-    parser.add_argument("--streams", type=int, default=50)
-    parser.add_argument("--channels", type=int, default=5)
-    args = parser.parse_args()
-    coro = run(args.target, args.conversation, args.streams, args.channels)
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
-
-
-if __name__ == "__main__":
-    main()

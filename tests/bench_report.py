@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -151,10 +152,8 @@ def print_table(r: dict[str, Any], table: list[Row]) -> None:
             f"\npy-spy {name} ({summary['idle_pct']:g}% of samples idle), % of busy samples: "
             "running the function | under the function"
         )
-        for (own, f_own), (under, f_under) in zip(
-            summary["own"][:8], summary["inclusive"][:8], strict=False
-        ):
-            print(f"  {own:5.1f} {f_own[:60]:60}  | {under:5.1f} {f_under[:60]}")
+        for left, right in itertools.zip_longest(summary["own"][:8], summary["inclusive"][:8]):
+            print(f"  {_cell(left):66}  | {_cell(right)}".rstrip())
     for name in ("echo", "put", "fanout"):
         other = r.get(name, {}).get("cpu_pct_of_one_core", {}).get("other", 0.0)
         if other > NOISY_PCT:
@@ -164,10 +163,14 @@ def print_table(r: dict[str, Any], table: list[Row]) -> None:
                 "lower than this code can do; run again on a quiet machine"
             )
             busiest = r[name].get("busiest_other_processes", [])
-            if busiest:
-                print("  busiest others: " + ", ".join(f"{n} {p:g}%" for n, p in busiest))
+            named = ", ".join(f"{n} {p:g}%" for n, p in busiest)
+            print(f"  busiest others: {named or 'none lived through the phase'}")
     if "server_died" in r:
         print(f"the server died:\n{r['server_died']}")
+
+
+def _cell(item: tuple[float, str] | None) -> str:
+    return "" if item is None else f"{item[0]:5.1f} {item[1][:60]}"
 
 
 def _cpu(used: dict[str, float]) -> str:
