@@ -20,18 +20,21 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from blackboard_server.adapters.memory import MemoryStore
+from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
 from blackboard_server.api import convert
-from blackboard_server.api.handlers import BLACKBOARD, generic_handler
+from blackboard_server.api.coordination_servicer import CoordinationServicer
+from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.servicer import BlackboardServicer
 from blackboard_server.config import Settings
-from blackboard_server.ports import StateStore
+from blackboard_server.ports import Coordinator, StateStore
 from blackboard_server.services.blackboard import BlackboardService
+from blackboard_server.services.coordination import CoordinationService, record_observations
 from blackboard_server.services.hub import Hub
 from blackboard_server.services.subscription import StreamLimits, Subscriptions
 from blackboard_server.services.sweeper import sweep_forever
 
 log = structlog.get_logger("blackboard")
-HEALTH_SERVICES = ("", BLACKBOARD.full_name)
+HEALTH_SERVICES = ("", BLACKBOARD.full_name, COORDINATION.full_name)
 
 
 class SystemClock:
@@ -51,6 +54,24 @@ class RunningServer:
     def address(self) -> str:
         host = self.settings.listen.rpartition(":")[0].strip("[]")
         return f"{host}:{self.port}"
+
+
+async def open_coordinator(settings: Settings) -> Coordinator:
+    if not settings.etcd:
+        if not settings.embedded:
+            log.warning(
+                "no etcd endpoints: locks, elections and sessions live in this "
+                "process only; run one replica, or set --etcd-endpoints"
+            )
+        return MemoryCoordinator()
+    from blackboard_server.adapters.etcd_coordinator import EtcdCoordinator
+
+    return await EtcdCoordinator.connect(
+        settings.etcd,
+        timeout_s=settings.etcd_timeout_s,
+        replica_id=settings.replica_id or None,
+        shards=settings.coordination_shards,
+    )
 
 
 async def open_store(settings: Settings) -> StateStore:
@@ -88,8 +109,24 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
             poll_interval_s=min(1.0, settings.progress_interval_s),
         )
         await stack.enter_async_context(hub.running())
+        coordinator = await open_coordinator(settings)
+        stack.push_async_callback(coordinator.aclose)
+        await stack.enter_async_context(coordinator.running())
         blackboard = BlackboardService(
-            store, clock, settings.limits, patch_retries=settings.patch_retries
+            store,
+            clock,
+            settings.limits,
+            patch_retries=settings.patch_retries,
+            sessions=coordinator,
+        )
+        coordination = CoordinationService(
+            coordinator,
+            store,
+            clock,
+            settings.limits,
+            default_ttl_ms=settings.session_ttl_ms,
+            max_ttl_ms=settings.max_session_ttl_ms,
+            max_wait_ms=settings.max_wait_ms,
         )
         stream = StreamLimits(
             settings.subscriber_max_lag,
@@ -114,11 +151,24 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        server.add_generic_rpc_handlers([generic_handler(BLACKBOARD, servicer)])
+        server.add_generic_rpc_handlers(
+            [
+                generic_handler(BLACKBOARD, servicer),
+                generic_handler(
+                    COORDINATION, CoordinationServicer(coordination, tenant=settings.tenant)
+                ),
+            ]
+        )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
-            (BLACKBOARD.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (
+                BLACKBOARD.full_name,
+                COORDINATION.full_name,
+                health.SERVICE_NAME,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         port = server.add_insecure_port(settings.listen)
         await server.start()
@@ -128,6 +178,9 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
         background = await stack.enter_async_context(asyncio.TaskGroup())
         sweeper = background.create_task(
             sweep_forever(store, clock, settings.sweep_interval_s), name="ttl-sweeper"
+        )
+        recorder = background.create_task(
+            record_observations(coordinator, store, clock), name="coordination-recorder"
         )
         running = RunningServer(settings, port, store, hub, health_servicer)
         log.info("serving", address=running.address)
@@ -139,4 +192,5 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
             hub.close()
             await server.stop(settings.shutdown_grace_s)
             sweeper.cancel()
+            recorder.cancel()
             log.info("stopped", address=running.address)

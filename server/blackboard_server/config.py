@@ -28,6 +28,13 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     redis_url: str = ""  # empty: embedded mode (in-memory, not durable)
     redis_timeout_s: float = 5.0
+    etcd_endpoints: str = ""  # comma-separated host:port; empty: coordination in memory
+    etcd_timeout_s: float = 5.0
+    replica_id: str = ""  # empty: a random one
+    coordination_shards: int = 8  # background work is split in this many etcd elections
+    session_ttl_ms: int = 10_000  # a session's TTL when the client names none
+    max_session_ttl_ms: int = 300_000
+    max_wait_ms: int = 300_000  # the longest a lock or campaign call may wait
     log_level: str = "info"
     log_format: str = "auto"  # auto | json | console
     tenant: str = "default"
@@ -57,6 +64,10 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not self.redis_url
+
+    @property
+    def etcd(self) -> list[str]:
+        return [e.strip() for e in self.etcd_endpoints.split(",") if e.strip()]
 
     @property
     def limits(self) -> Limits:
@@ -108,11 +119,24 @@ def validated(settings: Settings) -> Settings:
         "snapshot_chunk",
         "feed_buffer",
         "patch_retries",
+        "coordination_shards",
+        "session_ttl_ms",
+        "max_session_ttl_ms",
+        "max_wait_ms",
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name}: must be positive")
-    for name in ("redis_timeout_s", "dedupe_window_s", "subscriber_write_timeout_s",
-                 "progress_interval_s", "sweep_interval_s", "shutdown_grace_s"):
+    if settings.session_ttl_ms > settings.max_session_ttl_ms:
+        raise SettingsError("session_ttl_ms: must not exceed max_session_ttl_ms")
+    for name in (
+        "redis_timeout_s",
+        "etcd_timeout_s",
+        "dedupe_window_s",
+        "subscriber_write_timeout_s",
+        "progress_interval_s",
+        "sweep_interval_s",
+        "shutdown_grace_s",
+    ):
         if not 0 < getattr(settings, name) < float("inf"):
             raise SettingsError(f"{name}: must be a positive number of seconds")
     if not 0 <= int(port) <= 65535:

@@ -100,6 +100,12 @@ class StateStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+class Sessions(Protocol):
+    async def session(self, ref: ConversationRef, session_id: str) -> SessionInfo:
+        """Raises SessionNotFound."""
+        ...
+
+
 class Coordinator(Protocol):
     """Sessions, locks and elections of conversations (etcd, or memory when embedded).
 
@@ -167,6 +173,10 @@ class Coordinator(Protocol):
         self, ref: ConversationRef, kind: FenceKind, name: str
     ) -> AbstractAsyncContextManager[AsyncIterator[Holder | None]]:
         """The holder now, then every change of holder or value (None: nobody)."""
+        ...
+
+    def running(self) -> AbstractAsyncContextManager[object]:
+        """Owns the coordinator's background work (expiry, watches, campaigns)."""
         ...
 
     def observations(self) -> AsyncIterator[tuple[ConversationRef, WriteBatch]]:

@@ -142,8 +142,7 @@ class MemoryCoordinator:
         mine = next((h for h in claims.holders if h.session_id == session_id), None)
         if mine is None:
             self._revision += 1
-            mine = Holder(ref, kind, name, session_id, session.info.agent_id, self._revision,
-                          value)
+            mine = Holder(ref, kind, name, session_id, session.info.agent_id, self._revision, value)
             claims.holders.append(mine)
             claims.wake()
         deadline = time.monotonic() + wait_ms / 1000
@@ -173,8 +172,11 @@ class MemoryCoordinator:
         queue = (ref, kind, name)
         claims = self._queues.get(queue)
         holder = claims.holders[0] if claims and claims.holders else None
-        if claims is None or holder is None or holder.session_id != session_id or (
-            holder.token != token
+        if (
+            claims is None
+            or holder is None
+            or holder.session_id != session_id
+            or (holder.token != token)
         ):
             raise NotHolder(name, token)
         self._remove(queue, claims, holder, expired=False)
@@ -185,8 +187,11 @@ class MemoryCoordinator:
     ) -> Holder:
         claims = self._queues.get((ref, FenceKind.ELECTION, name))
         holder = claims.holders[0] if claims and claims.holders else None
-        if claims is None or holder is None or holder.session_id != session_id or (
-            holder.token != token
+        if (
+            claims is None
+            or holder is None
+            or holder.session_id != session_id
+            or (holder.token != token)
         ):
             raise NotHolder(name, token)
         updated = Holder(ref, FenceKind.ELECTION, name, session_id, holder.agent_id, token, value)
@@ -207,7 +212,7 @@ class MemoryCoordinator:
         claims = self._queues.setdefault(queue, _Claims())
 
         async def updates() -> AsyncIterator[Holder | None]:
-            last: Holder | None | bool = False  # nothing sent yet
+            last: Holder | bool | None = False  # nothing sent yet
             while True:
                 current = claims.holders[0] if claims.holders else None
                 if current != last:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from blackboard.v1 import blackboard_pb2 as pb
-
+from blackboard_server.domain.coordination import Holder, SessionInfo
 from blackboard_server.domain.errors import InvalidArgument
 from blackboard_server.domain.model import (
     AppendChild,
@@ -13,6 +13,7 @@ from blackboard_server.domain.model import (
     CommitResult,
     Compare,
     Conversation,
+    Coordination,
     Delete,
     Entry,
     Event,
@@ -58,7 +59,13 @@ def expect(message: pb.Expect, present: bool) -> Expect:
 
 
 def put(request: pb.PutRequest) -> Put:
-    return Put(request.key, request.value.data, request.value.content_type, request.ttl_ms)
+    return Put(
+        request.key,
+        request.value.data,
+        request.value.content_type,
+        request.ttl_ms,
+        request.session_id,
+    )
 
 
 def append(request: pb.AppendRequest) -> AppendChild:
@@ -139,7 +146,38 @@ def event(ev: Event, *, with_previous: bool = False) -> pb.Event:
                 c.entry.create_revision = gone.create_revision
         if with_previous and change.previous is not None:
             entry(change.previous, c.previous)
+    if ev.coordination is not None:
+        coordination(ev.coordination, out.coordination)
     return out
+
+
+def coordination(record: Coordination, out: pb.CoordinationEvent) -> None:
+    out.kind = pb.CoordinationEvent.Kind.ValueType(record.kind)
+    out.agent_id = record.agent_id
+    out.session_id = record.session_id
+    out.name = record.name
+    out.token = record.token
+    out.value = record.value
+
+
+def session(info: SessionInfo) -> pb.Session:
+    return pb.Session(
+        conversation_id=info.ref.id,
+        session_id=info.session_id,
+        agent_id=info.agent_id,
+        ttl_ms=info.ttl_ms,
+    )
+
+
+def holder(h: Holder) -> pb.Holder:
+    return pb.Holder(
+        conversation_id=h.ref.id,
+        name=h.name,
+        session_id=h.session_id,
+        agent_id=h.agent_id,
+        token=h.token,
+        value=h.value,
+    )
 
 
 def encode_event(ev: Event) -> bytes:

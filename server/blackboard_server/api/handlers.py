@@ -6,11 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from blackboard.v1 import blackboard_pb2 as pb
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 
+from blackboard.v1 import blackboard_pb2 as pb
+
 BLACKBOARD = pb.DESCRIPTOR.services_by_name["Blackboard"]
+COORDINATION = pb.DESCRIPTOR.services_by_name["Coordination"]
 
 
 def _serialize(message: Any) -> bytes:

@@ -7,8 +7,8 @@ import uuid
 from typing import Any
 
 import grpc
-from blackboard.v1 import blackboard_pb2 as pb
 
+from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_server.api import convert
 from blackboard_server.api.errors import unary
 from blackboard_server.domain.errors import SlowSubscriber

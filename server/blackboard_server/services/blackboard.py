@@ -37,7 +37,7 @@ from blackboard_server.domain.model import (
     Target,
     WriteBatch,
 )
-from blackboard_server.ports import Clock, StateStore
+from blackboard_server.ports import Clock, Sessions, StateStore
 
 EVENTS_PAGE = 1000
 
@@ -84,12 +84,19 @@ class Written:
 
 class BlackboardService:
     def __init__(
-        self, store: StateStore, clock: Clock, limits_: limits.Limits, *, patch_retries: int = 32
+        self,
+        store: StateStore,
+        clock: Clock,
+        limits_: limits.Limits,
+        *,
+        patch_retries: int = 32,
+        sessions: Sessions | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
         self._limits = limits_
         self._patch_retries = patch_retries
+        self._sessions = sessions
 
     # --- conversations --------------------------------------------------------
 
@@ -129,6 +136,11 @@ class BlackboardService:
         request_id: str = "",
         fence: Fence | None = None,
     ) -> Written:
+        if op.session_id:
+            # The store refuses sessions it saw end; this refuses ones that never began.
+            if self._sessions is None:
+                raise InvalidArgument("session_id", "this server has no sessions")
+            await self._sessions.session(caller.conversation(conversation_id), op.session_id)
         batch = self._batch(caller, expect.compares(op.key), (op,), request_id, fence)
         return _single(await self._commit(caller, conversation_id, batch))
 
