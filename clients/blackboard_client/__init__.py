@@ -10,10 +10,15 @@ async with connect("127.0.0.1:50051", agent_id="planner") as bb:
     print(entry.version, entry.json())
     async for item in bb.subscribe("demo", "tasks/"):
         ...
+
+    async with bb.session("demo", ttl=10.0) as s:          # presence, kept alive
+        async with s.lock("tasks/1", wait=5.0) as lock:    # cancelled if lost
+            await bb.put("demo", "results/1", json=42, fence=lock)
 ```
 """
 
 from blackboard_client._client import Client, connect
+from blackboard_client._coordination import Observation
 from blackboard_client._errors import (
     REASONS,
     Aborted,
@@ -33,10 +38,10 @@ from blackboard_client._errors import (
     KeyNotFound,
     LimitExceeded,
     LockHeld,
-    NotFound,
     NoHolder,
-    NotJson,
+    NotFound,
     NotHolder,
+    NotJson,
     OutOfRange,
     PermissionDenied,
     RequestIdReused,
@@ -50,26 +55,34 @@ from blackboard_client._errors import (
     Unavailable,
     WaitExpired,
 )
+from blackboard_client._holds import Hold, Leadership, LeadershipLost, Lock, LockLost
 from blackboard_client._model import (
     Change,
     ChangeType,
     Compare,
     Conversation,
     ConversationPage,
+    CoordinationEvent,
+    CoordinationKind,
     Entry,
     Event,
     Expect,
     Fence,
     HistoryPage,
+    Leader,
+    LockHolder,
     PatchResult,
     Provenance,
     RangePage,
+    SessionInfo,
+    SupportsFence,
     TxnOp,
     TxnResult,
     Value,
     WriteResult,
 )
 from blackboard_client._retry import RetryPolicy
+from blackboard_client._session import Session
 from blackboard_client._subscribe import (
     Events,
     Progress,
@@ -97,6 +110,8 @@ __all__ = [
     "ConversationExists",
     "ConversationNotFound",
     "ConversationPage",
+    "CoordinationEvent",
+    "CoordinationKind",
     "DeadlineExceeded",
     "Entry",
     "Event",
@@ -107,16 +122,24 @@ __all__ = [
     "Fenced",
     "FieldViolation",
     "HistoryPage",
+    "Hold",
     "InternalError",
     "InvalidArgument",
     "KeyNotFound",
+    "Leader",
+    "Leadership",
+    "LeadershipLost",
     "LimitExceeded",
+    "Lock",
     "LockHeld",
+    "LockHolder",
+    "LockLost",
     "Mirror",
-    "NotFound",
     "NoHolder",
-    "NotJson",
+    "NotFound",
     "NotHolder",
+    "NotJson",
+    "Observation",
     "OutOfRange",
     "PatchResult",
     "PermissionDenied",
@@ -129,20 +152,23 @@ __all__ = [
     "RetriesExhausted",
     "RetryPolicy",
     "RevisionCompacted",
+    "Session",
+    "SessionInfo",
     "SessionNotFound",
     "ShuttingDown",
     "SlowSubscriber",
     "Snapshot",
     "StreamItem",
     "Subscription",
+    "SupportsFence",
     "Synced",
     "TxnOp",
     "TxnResult",
     "Unauthenticated",
     "Unavailable",
-    "WaitExpired",
     "Value",
     "View",
+    "WaitExpired",
     "WriteResult",
     "connect",
 ]

@@ -1,4 +1,5 @@
-"""The async client: one method per RPC of blackboard.v1.Blackboard, plus pagers.
+"""The async client: one method per RPC of blackboard.v1.Blackboard, plus pagers;
+the coordination methods come from `CoordinationClient` (`_coordination.py`).
 
 Every call gets the client's deadline and retry policy; every write gets a
 request id (a uuid4 unless the caller gave one), made once per call and sent
@@ -8,17 +9,16 @@ on every attempt, so a retried write is applied once.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Mapping
-from types import TracebackType
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, Iterable, Mapping
+from typing import Any
 
 import grpc
 import orjson
-from blackboard.v1 import blackboard_pb2 as pb
-from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 
+from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_client import _convert
-from blackboard_client._errors import error_from_rpc
+from blackboard_client._base import AGENT_ID_HEADER
+from blackboard_client._coordination import CoordinationClient
 from blackboard_client._model import (
     UNSET,
     Compare,
@@ -31,6 +31,7 @@ from blackboard_client._model import (
     HistoryPage,
     PatchResult,
     RangePage,
+    SupportsFence,
     TxnOp,
     TxnResult,
     Value,
@@ -38,12 +39,9 @@ from blackboard_client._model import (
     make_value,
 )
 from blackboard_client._retry import RetryPolicy
+from blackboard_client._session import Session
 from blackboard_client._subscribe import Subscription, grpc_opener
 from blackboard_client._view import Mirror
-
-R = TypeVar("R")
-
-AGENT_ID_HEADER = "x-agent-id"
 
 
 def connect(
@@ -71,45 +69,14 @@ def _request_id(given: str | None) -> str:
     return given or str(uuid.uuid4())
 
 
-class Client:
+def _session_id(session: Session | str | None) -> str:
+    if session is None:
+        return ""
+    return session if isinstance(session, str) else session.session_id
+
+
+class Client(CoordinationClient):
     """Made by `connect()`. Safe to share between tasks of one event loop."""
-
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        *,
-        timeout: float | None,
-        retry: RetryPolicy,
-        metadata: Mapping[str, str],
-    ) -> None:
-        self._channel = channel
-        self._stub = pb_grpc.BlackboardStub(channel)
-        self._timeout = timeout
-        self.retry = retry
-        self._metadata = tuple(metadata.items())
-
-    async def close(self) -> None:
-        await self._channel.close()
-
-    async def __aenter__(self) -> Client:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
-    async def _call(self, method: Callable[..., Awaitable[R]], request: Any) -> R:
-        async def attempt() -> R:
-            try:
-                return await method(request, timeout=self._timeout, metadata=self._metadata)
-            except grpc.RpcError as error:
-                raise error_from_rpc(error) from error
-
-        return await self.retry.run(attempt)
 
     # --- conversations ------------------------------------------------------------
 
@@ -267,16 +234,23 @@ class Client:
         content_type: str | None = None,
         expect: Expect | None = None,
         ttl_ms: int = 0,
+        session: Session | str | None = None,
         request_id: str | None = None,
-        fence: Fence | None = None,
+        fence: Fence | SupportsFence | None = None,
     ) -> WriteResult:
-        """Sets `key` to bytes, text (`str`), a `Value`, or `json=` any JSON value."""
+        """Sets `key` to bytes, text (`str`), a `Value`, or `json=` any JSON value.
+
+        `session=` (a `Session` or its id) binds the entry to that session: it
+        is deleted when the session ends. `fence=` takes a `Fence`, or a held
+        `Lock` or `Leadership`.
+        """
         request = pb.PutRequest(
             conversation_id=conversation_id,
             key=key,
             value=_convert.value_pb(make_value(value, json, content_type)),
             expect=_convert.expect_pb(expect),
             ttl_ms=ttl_ms,
+            session_id=_session_id(session),
             request_id=_request_id(request_id),
             fence=_convert.fence_pb(fence),
         )
@@ -289,7 +263,7 @@ class Client:
         *,
         expect: Expect | None = None,
         request_id: str | None = None,
-        fence: Fence | None = None,
+        fence: Fence | SupportsFence | None = None,
     ) -> WriteResult:
         request = pb.DeleteRequest(
             conversation_id=conversation_id,
@@ -310,7 +284,7 @@ class Client:
         content_type: str | None = None,
         ttl_ms: int = 0,
         request_id: str | None = None,
-        fence: Fence | None = None,
+        fence: Fence | SupportsFence | None = None,
     ) -> WriteResult:
         """Adds a child `key/<revision>`; the result's `key` names it."""
         request = pb.AppendRequest(
@@ -331,7 +305,7 @@ class Client:
         *,
         expect: Expect | None = None,
         request_id: str | None = None,
-        fence: Fence | None = None,
+        fence: Fence | SupportsFence | None = None,
     ) -> PatchResult:
         """Applies an RFC 7386 JSON merge patch (a dict, or JSON bytes) to `key`."""
         if not isinstance(merge_patch, bytes):
@@ -355,7 +329,7 @@ class Client:
         failure: Iterable[TxnOp] = (),
         *,
         request_id: str | None = None,
-        fence: Fence | None = None,
+        fence: Fence | SupportsFence | None = None,
     ) -> TxnResult:
         """If every compare holds apply `success`, else `failure`: one revision."""
         request = pb.TxnRequest(

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 from blackboard.v1 import blackboard_pb2 as pb
-
 from blackboard_client._model import (
     Change,
     ChangeType,
     Compare,
     Conversation,
     ConversationPage,
+    CoordinationEvent,
+    CoordinationKind,
     Entry,
     Event,
     Expect,
     Fence,
     HistoryPage,
+    Leader,
+    LockHolder,
     Provenance,
     RangePage,
+    SessionInfo,
+    SupportsFence,
     TxnOp,
     TxnResult,
     Value,
@@ -34,6 +39,13 @@ _TARGETS = {
     "create_revision": pb.Compare.CREATE_REVISION,
     "mod_revision": pb.Compare.MOD_REVISION,
     "value": pb.Compare.VALUE,
+}
+
+# CoordinationKind values are the proto's names in lower case.
+_KINDS = {
+    number: CoordinationKind(name.lower())
+    for name, number in pb.CoordinationEvent.Kind.items()
+    if number != pb.CoordinationEvent.KIND_UNSPECIFIED
 }
 
 
@@ -82,12 +94,24 @@ def change(msg: pb.Change) -> Change:
     return Change(kind, entry(msg.entry), previous)
 
 
+def coordination_event(msg: pb.CoordinationEvent) -> CoordinationEvent:
+    return CoordinationEvent(
+        kind=_KINDS.get(msg.kind, CoordinationKind.UNKNOWN),
+        agent_id=msg.agent_id,
+        session_id=msg.session_id,
+        name=msg.name,
+        token=msg.token,
+        value=msg.value,
+    )
+
+
 def event(msg: pb.Event) -> Event:
     return Event(
         revision=msg.revision,
         time_unix_ms=msg.time_unix_ms,
         provenance=provenance(msg.provenance),
         changes=tuple(change(c) for c in msg.changes),
+        coordination=coordination_event(msg.coordination) if msg.HasField("coordination") else None,
     )
 
 
@@ -134,6 +158,22 @@ def txn_result(msg: pb.TxnResponse) -> TxnResult:
     )
 
 
+def session_info(msg: pb.Session) -> SessionInfo:
+    return SessionInfo(msg.conversation_id, msg.session_id, msg.agent_id, msg.ttl_ms)
+
+
+def lock_holder(msg: pb.Holder) -> LockHolder:
+    return LockHolder(msg.conversation_id, msg.name, msg.session_id, msg.agent_id, msg.token)
+
+
+def leader(msg: pb.Holder) -> Leader:
+    return Leader(msg.conversation_id, msg.name, msg.session_id, msg.agent_id, msg.token, msg.value)
+
+
+def leader_update(msg: pb.LeaderUpdate) -> Leader | None:
+    return leader(msg.leader) if msg.has_leader else None
+
+
 # --- to the wire ----------------------------------------------------------------
 
 
@@ -141,9 +181,10 @@ def value_pb(v: Value) -> pb.Value:
     return pb.Value(data=v.data, content_type=v.content_type)
 
 
-def fence_pb(f: Fence | None) -> pb.Fence | None:
-    if f is None:
+def fence_pb(given: Fence | SupportsFence | None) -> pb.Fence | None:
+    if given is None:
         return None
+    f = given if isinstance(given, Fence) else given.fence
     if f.kind == "lock":
         return pb.Fence(lock=f.name, token=f.token)
     return pb.Fence(election=f.name, token=f.token)

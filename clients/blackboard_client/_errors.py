@@ -6,7 +6,7 @@
     ├── NotFound
     │   ├── ConversationNotFound
     │   ├── KeyNotFound             .key
-    │   ├── SessionNotFound         the session was closed or expired
+    │   ├── SessionNotFound         .session_id: the session was closed or expired
     │   └── NoHolder                nobody holds the lock or leads the role
     ├── AlreadyExists
     │   └── ConversationExists
@@ -14,7 +14,7 @@
     │   ├── ConditionFailed         .key .current_version .current_mod_revision
     │   ├── Fenced                  .fence .token .current_token
     │   ├── NotJson                 .key
-    │   ├── LockHeld                try-once acquire of a held lock
+    │   ├── LockHeld                .name .holder_agent_id .token: try-once acquire of a held lock
     │   └── NotHolder               release/proclaim/resign without holding
     ├── Aborted
     │   └── RetriesExhausted
@@ -31,7 +31,12 @@
     ├── Cancelled
     ├── Unauthenticated
     ├── PermissionDenied
-    └── InternalError               INTERNAL, UNKNOWN and anything else
+    ├── InternalError               INTERNAL, UNKNOWN and anything else
+    └── LockLost                    .name .token .why: the body of `async with lock` was
+        └── LeadershipLost          cancelled because the lock or leadership was lost
+
+`LockLost` is the SDK's own (defined with the holds, in `_holds.py`): the
+server never sends it, so it has no reason and no place in `REASONS`.
 
 The server attaches a google.rpc.Status whose ErrorInfo names a reason (the
 proto's ErrorReason); `REASONS` maps every reason to its class. Without
@@ -45,9 +50,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import grpc
-from blackboard.v1 import blackboard_pb2 as pb
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from blackboard.v1 import blackboard_pb2 as pb
 
 DOMAIN = "blackboard.v1"
 _DETAILS_KEY = "grpc-status-details-bin"
@@ -119,6 +125,10 @@ class KeyNotFound(NotFound):
 class SessionNotFound(NotFound):
     reason = "SESSION_NOT_FOUND"
 
+    @property
+    def session_id(self) -> str:
+        return self.metadata.get("session", "")
+
 
 class NoHolder(NotFound):
     reason = "NO_HOLDER"
@@ -180,6 +190,19 @@ class NotJson(FailedPrecondition):
 
 class LockHeld(FailedPrecondition):
     reason = "LOCK_HELD"
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("name", "")
+
+    @property
+    def holder_agent_id(self) -> str:
+        return self.metadata.get("holder_agent_id", "")
+
+    @property
+    def token(self) -> int:
+        """The token of the current holder."""
+        return self._int("token")
 
 
 class NotHolder(FailedPrecondition):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -80,6 +80,13 @@ class Fence:
         return cls("election", role, token)
 
 
+class SupportsFence(Protocol):
+    """Anything a write can be fenced with: a held `Lock` or `Leadership`."""
+
+    @property
+    def fence(self) -> Fence: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Provenance:
     agent_id: str = ""
@@ -131,14 +138,44 @@ class Change:
         return self.entry.key
 
 
+class CoordinationKind(StrEnum):
+    AGENT_JOINED = "agent_joined"
+    AGENT_LEFT = "agent_left"  # the session was closed
+    AGENT_EXPIRED = "agent_expired"  # the session's TTL ran out
+    LOCK_ACQUIRED = "lock_acquired"
+    LOCK_RELEASED = "lock_released"
+    LOCK_EXPIRED = "lock_expired"  # its session ended while holding it
+    LEADER_ELECTED = "leader_elected"
+    LEADER_RESIGNED = "leader_resigned"
+    LEADER_LOST = "leader_lost"  # its session ended while leading
+    UNKNOWN = "unknown"  # a kind this version of the SDK does not know
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationEvent:
+    """Who joined or left, or who took or gave up a lock or a role."""
+
+    kind: CoordinationKind
+    agent_id: str
+    session_id: str
+    name: str = ""  # the lock name or election role
+    token: int = 0  # the fencing token of the lock or term
+    value: bytes = b""  # the leader's value, for LEADER_ELECTED
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
-    """Everything one revision changed."""
+    """Everything one revision changed.
+
+    A coordination event has `coordination` set; when an agent leaves, the
+    same revision also deletes its session-bound entries (`changes`).
+    """
 
     revision: int
     time_unix_ms: int
     provenance: Provenance
     changes: tuple[Change, ...]
+    coordination: CoordinationEvent | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +187,46 @@ class Conversation:
     update_time_unix_ms: int
     idle_ttl_ms: int
     revision: int
+
+
+# --- coordination ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A live session: one agent present in a conversation."""
+
+    conversation_id: str
+    session_id: str
+    agent_id: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class LockHolder:
+    conversation_id: str
+    name: str
+    session_id: str
+    agent_id: str
+    token: int
+
+
+@dataclass(frozen=True, slots=True)
+class Leader:
+    """Who leads a role, in which term (`token`), with the value it proclaimed."""
+
+    conversation_id: str
+    role: str
+    session_id: str
+    agent_id: str
+    token: int
+    value: bytes = b""
+
+    def json(self) -> Any:
+        return orjson.loads(self.value)
+
+    def text(self) -> str:
+        return self.value.decode()
 
 
 # --- results -----------------------------------------------------------------
