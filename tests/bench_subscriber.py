@@ -9,7 +9,8 @@ samples in microseconds.
 
 The writer puts struct("<qq", intended_send_ns, actual_send_ns) at the start of
 each value; this process reads the clock once per stream message (same machine,
-same clock).
+same clock). Commit lag is measured from the event's time_unix_ms, which has
+millisecond resolution: it reads up to 1 ms more than the true lag.
 
     python -m tests.bench_subscriber --target HOST:PORT --conversation ID --streams 50
 """
