@@ -69,6 +69,7 @@ async def open_coordinator(settings: Settings) -> Coordinator:
     return await EtcdCoordinator.connect(
         settings.etcd,
         timeout_s=settings.etcd_timeout_s,
+        prefix=settings.etcd_prefix,
         replica_id=settings.replica_id or None,
         shards=settings.coordination_shards,
     )

@@ -30,6 +30,7 @@ class Settings:
     redis_timeout_s: float = 5.0
     etcd_endpoints: str = ""  # comma-separated host:port; empty: coordination in memory
     etcd_timeout_s: float = 5.0
+    etcd_prefix: str = "/bb"  # every key the server writes in etcd starts with this
     replica_id: str = ""  # empty: a random one
     coordination_shards: int = 8  # background work is split in this many etcd elections
     session_ttl_ms: int = 10_000  # a session's TTL when the client names none

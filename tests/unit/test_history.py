@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from blackboard_server.domain import history
+from blackboard_server.domain import history, model
 from blackboard_server.domain.commit import plan
 from blackboard_server.domain.errors import InvalidArgument, RevisionCompacted
 from blackboard_server.domain.model import (
@@ -370,3 +370,20 @@ def test_every_past_revision_is_rebuilt_exactly(batches: list[list[Op]], limit: 
             else:
                 pytest.fail("paging did not end")
             assert tuple(collected) == expected(past, prefix)
+
+
+def test_coordination_events_are_selected_by_every_prefix() -> None:
+    gone = Entry("presence/a", b"x", "", 1, 1, 1, session_id="s1")
+    left = Event(
+        7,
+        0,
+        model.Provenance(),
+        (Change(ChangeType.DELETE, "presence/a", None, gone),),
+        model.Coordination(model.CoordinationKind.AGENT_LEFT, "a", "s1"),
+    )
+    for selector, exact in (("tasks/", False), ("tasks/1", True)):
+        selected = select_changes(left, selector, exact=exact)
+        assert selected is not None
+        assert selected.changes == () and selected.coordination == left.coordination
+    kept = select_changes(left, "presence/")
+    assert kept is left

@@ -68,7 +68,12 @@ def range_at(
 
 
 def select_changes(event: Event, prefix: str, *, exact: bool = False) -> Event | None:
-    """The event restricted to the selected keys, or None if it touches none."""
+    """The event restricted to the selected keys, or None if it touches none.
+
+    A coordination event (an agent joined or left, a lock or leadership changed
+    hands) concerns the whole conversation: it is always selected, with only
+    the selected ones of its changes.
+    """
     if exact:
         changes = tuple(c for c in event.changes if c.key == prefix)
     elif not prefix:
@@ -77,9 +82,9 @@ def select_changes(event: Event, prefix: str, *, exact: bool = False) -> Event |
         changes = tuple(c for c in event.changes if c.key.startswith(prefix))
     if len(changes) == len(event.changes):
         return event
-    if not changes:
+    if not changes and event.coordination is None:
         return None
-    return Event(event.revision, event.time_ms, event.provenance, changes)
+    return Event(event.revision, event.time_ms, event.provenance, changes, event.coordination)
 
 
 def page_token(revision: int, last_key: str) -> str:
