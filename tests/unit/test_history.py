@@ -373,17 +373,17 @@ def test_every_past_revision_is_rebuilt_exactly(batches: list[list[Op]], limit: 
 
 
 def test_coordination_events_are_selected_by_every_prefix() -> None:
-    gone = Entry("presence/a", b"x", "", 1, 1, 1, session_id="s1")
-    left = Event(
+    gone = model.Entry("presence/a", b"x", "", 1, 1, 1, session_id="s1")
+    left = model.Event(
         7,
         0,
         model.Provenance(),
-        (Change(ChangeType.DELETE, "presence/a", None, gone),),
+        (model.Change(model.ChangeType.DELETE, "presence/a", None, gone),),
         model.Coordination(model.CoordinationKind.AGENT_LEFT, "a", "s1"),
     )
     for selector, exact in (("tasks/", False), ("tasks/1", True)):
-        selected = select_changes(left, selector, exact=exact)
+        selected = history.select_changes(left, selector, exact=exact)
         assert selected is not None
         assert selected.changes == () and selected.coordination == left.coordination
-    kept = select_changes(left, "presence/")
+    kept = history.select_changes(left, "presence/")
     assert kept is left
