@@ -29,6 +29,7 @@ from blackboard_server.adapters.etcd.errors import (
 )
 from blackboard_server.adapters.etcd.model import (
     Compare,
+    CreateOrder,
     DeleteResult,
     KeyLike,
     KeyValue,
@@ -47,10 +48,11 @@ from blackboard_server.adapters.etcd.model import (
     prefix_end,
     put_from_pb,
     range_from_pb,
+    range_request,
     to_bytes,
     txn_from_pb,
 )
-from blackboard_server.adapters.etcd.streams import Observer, Watcher, keep_alive
+from blackboard_server.adapters.etcd.streams import Observer, Watcher, keep_alive, renew_once
 from blackboard_server.adapters.etcd.transport import Member, RetryPolicy, Transport
 
 _Req = TypeVar("_Req")
@@ -144,16 +146,19 @@ class EtcdClient:
         revision: int = 0,
         keys_only: bool = False,
         count_only: bool = False,
+        by_create: CreateOrder | None = None,
     ) -> RangeResult:
-        """Keys under `prefix` in key order, from `start` (inclusive) if given."""
+        """Keys under `prefix` in key order (or by create revision), from
+        `start` (inclusive) if given."""
         p = to_bytes(prefix)
-        request = rpc_pb2.RangeRequest(
-            key=to_bytes(start) if start is not None else p,
-            range_end=prefix_end(p),
+        request = range_request(
+            to_bytes(start) if start is not None else p,
+            prefix_end(p),
             limit=limit,
             revision=revision,
             keys_only=keys_only,
             count_only=count_only,
+            by_create=by_create,
         )
         return await self._range(request)
 
@@ -183,14 +188,21 @@ class EtcdClient:
         compare: Sequence[Compare],
         success: Sequence[Op] = (),
         failure: Sequence[Op] = (),
+        *,
+        idempotent: bool = False,
     ) -> TxnResult:
-        """All of `compare` hold → apply `success`, else `failure`; one revision."""
+        """All of `compare` hold → apply `success`, else `failure`; one revision.
+
+        `idempotent`: the caller vouches that applying it twice is the same as
+        once (e.g. "create if absent, else read"), so it is retried on the next
+        member after UNAVAILABLE like a read.
+        """
         request = rpc_pb2.TxnRequest(
             compare=[c.to_pb() for c in compare],
             success=[op.to_pb() for op in success],
             failure=[op.to_pb() for op in failure],
         )
-        return txn_from_pb(await self._call(lambda m: m.kv.Txn, request, idempotent=False))
+        return txn_from_pb(await self._call(lambda m: m.kv.Txn, request, idempotent=idempotent))
 
     async def compact(self, revision: int, *, physical: bool = False) -> int:
         """Drops history before `revision`; returns the store revision."""
@@ -219,6 +231,13 @@ class EtcdClient:
         if response.TTL < 0:
             return None
         return LeaseInfo(response.ID, response.TTL, response.grantedTTL, tuple(response.keys))
+
+    async def renew(self, lease_id: int) -> int:
+        """One keep-alive round trip: the lease's TTL in seconds from now.
+
+        Raises EtcdLeaseNotFound if the lease has expired or was revoked.
+        """
+        return await renew_once(self.transport, lease_id, timeout_s=self.timeout_s)
 
     async def keep_alive(
         self, lease_id: int, ttl: int, *, on_renewed: Callable[[int], None] | None = None

@@ -14,6 +14,36 @@ from blackboard.etcd import election_pb2, kv_pb2, rpc_pb2
 
 KeyLike = str | bytes
 CompareOp = Literal["==", "!=", "<", ">"]
+# Sorting by create revision: the order of claims in a lock or election queue.
+CreateOrder = Literal["ascend", "descend"]
+
+_SORT_ORDER = {
+    None: rpc_pb2.RangeRequest.NONE,
+    "ascend": rpc_pb2.RangeRequest.ASCEND,
+    "descend": rpc_pb2.RangeRequest.DESCEND,
+}
+
+
+def range_request(
+    key: bytes,
+    range_end: bytes = b"",
+    *,
+    limit: int = 0,
+    revision: int = 0,
+    keys_only: bool = False,
+    count_only: bool = False,
+    by_create: CreateOrder | None = None,
+) -> rpc_pb2.RangeRequest:
+    return rpc_pb2.RangeRequest(
+        key=key,
+        range_end=range_end,
+        limit=limit,
+        revision=revision,
+        keys_only=keys_only,
+        count_only=count_only,
+        sort_order=_SORT_ORDER[by_create],
+        sort_target=rpc_pb2.RangeRequest.CREATE if by_create else rpc_pb2.RangeRequest.KEY,
+    )
 
 
 def to_bytes(key: KeyLike) -> bytes:
@@ -145,20 +175,28 @@ _RESULTS = {
 
 @dataclass(frozen=True, slots=True)
 class Compare:
-    """One guard of a transaction, e.g. `Compare.version("k", "==", 0)` (key absent)."""
+    """One guard of a transaction, e.g. `Compare.version("k", "==", 0)` (key absent).
+
+    With a `range_end` it must hold for every key in [key, range_end); over no
+    keys it compares the absent key's zeros.
+    """
 
     key: bytes
     target: Literal["version", "create", "mod", "value", "lease"]
     op: CompareOp
     operand: int | bytes
+    range_end: bytes = b""
 
     @classmethod
     def version(cls, key: KeyLike, op: CompareOp, version: int) -> Compare:
         return cls(to_bytes(key), "version", op, version)
 
     @classmethod
-    def create_revision(cls, key: KeyLike, op: CompareOp, revision: int) -> Compare:
-        return cls(to_bytes(key), "create", op, revision)
+    def create_revision(
+        cls, key: KeyLike, op: CompareOp, revision: int, *, prefix: bool = False
+    ) -> Compare:
+        k = to_bytes(key)
+        return cls(k, "create", op, revision, prefix_end(k) if prefix else b"")
 
     @classmethod
     def mod_revision(cls, key: KeyLike, op: CompareOp, revision: int) -> Compare:
@@ -173,7 +211,7 @@ class Compare:
         return cls(to_bytes(key), "lease", op, lease_id)
 
     def to_pb(self) -> rpc_pb2.Compare:
-        pb = rpc_pb2.Compare(key=self.key, result=_RESULTS[self.op])
+        pb = rpc_pb2.Compare(key=self.key, result=_RESULTS[self.op], range_end=self.range_end)
         if self.target == "value":
             if not isinstance(self.operand, bytes):
                 raise TypeError("a value compare needs bytes")
@@ -202,11 +240,20 @@ class Op:
     range_end: bytes = b""
     value: bytes = b""
     lease: int = 0
+    limit: int = 0
+    by_create: CreateOrder | None = None
 
     @classmethod
-    def get(cls, key: KeyLike, *, prefix: bool = False) -> Op:
+    def get(
+        cls,
+        key: KeyLike,
+        *,
+        prefix: bool = False,
+        limit: int = 0,
+        by_create: CreateOrder | None = None,
+    ) -> Op:
         k = to_bytes(key)
-        return cls("get", k, prefix_end(k) if prefix else b"")
+        return cls("get", k, prefix_end(k) if prefix else b"", limit=limit, by_create=by_create)
 
     @classmethod
     def put(cls, key: KeyLike, value: bytes, *, lease: int = 0) -> Op:
@@ -220,7 +267,9 @@ class Op:
     def to_pb(self) -> rpc_pb2.RequestOp:
         if self.kind == "get":
             return rpc_pb2.RequestOp(
-                request_range=rpc_pb2.RangeRequest(key=self.key, range_end=self.range_end)
+                request_range=range_request(
+                    self.key, self.range_end, limit=self.limit, by_create=self.by_create
+                )
             )
         if self.kind == "put":
             return rpc_pb2.RequestOp(

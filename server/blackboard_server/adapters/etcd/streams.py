@@ -18,7 +18,9 @@ from grpc import aio
 from blackboard.etcd import election_pb2, rpc_pb2
 from blackboard_server.adapters.etcd.errors import (
     EtcdCompacted,
+    EtcdDeadline,
     EtcdLeaseLost,
+    EtcdLeaseNotFound,
     EtcdUnavailable,
     EtcdWatchCanceled,
     from_rpc_error,
@@ -313,4 +315,42 @@ async def keep_alive(
         if time.monotonic() >= expires_at:
             raise EtcdLeaseLost(lease_id, f"not renewed within its TTL of {ttl}s")
         await asyncio.sleep(min(transport.pause(attempt), max(expires_at - time.monotonic(), 0)))
+        attempt += 1
+
+
+async def renew_once(transport: Transport, lease_id: int, *, timeout_s: float) -> int:
+    """One keep-alive round trip on a stream of its own: the TTL (s) granted.
+
+    A renewal is safe to repeat, so an unavailable member is skipped for the
+    next one until `timeout_s` runs out (EtcdDeadline). Raises
+    EtcdLeaseNotFound if etcd says the lease is gone.
+    """
+    deadline = time.monotonic() + timeout_s
+    attempt = 0
+    while True:
+        index, member = transport.current()
+        call = member.lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
+                response = await call.read()
+            if isinstance(response, rpc_pb2.LeaseKeepAliveResponse):
+                if response.TTL <= 0:
+                    raise EtcdLeaseNotFound(f"lease {lease_id:x} expired or was revoked")
+                return int(response.TTL)
+        except aio.AioRpcError as exc:
+            error = _classify(exc)
+            if not isinstance(error, _Reconnect):
+                raise error from exc
+        except TimeoutError as exc:
+            raise EtcdDeadline(f"lease renewal exceeded its deadline of {timeout_s}s") from exc
+        except asyncio.InvalidStateError:
+            pass  # the stream ended before the write: try the next member
+        finally:
+            call.cancel()
+        transport.failed(index)
+        pause = transport.pause(attempt)
+        if time.monotonic() + pause >= deadline:
+            raise EtcdUnavailable(f"no etcd member renewed lease {lease_id:x} in {timeout_s}s")
+        await asyncio.sleep(pause)
         attempt += 1
