@@ -249,7 +249,7 @@ def commit(state: dict[str, Entry], head: int, *ops: Op, fence: Fence | None = N
         WriteBatch((), ops, agent_id="agent", request_id=f"r{head}", fence=fence),
         head=head,
         lookup=state.get,
-        fence_mark=0,
+        fence_mark=fence.token if fence else 0,  # the writer holds the current token
         now_ms=1_000 + head,
     )
     assert p.event is not None
