@@ -12,11 +12,13 @@ import uuid
 from typing import Any
 
 import grpc
+import pytest
 
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from blackboard_server.app import serve
 from blackboard_server.config import Settings
+from tests.servers import EtcdCluster, RedisServer
 
 
 class Agent:
@@ -58,8 +60,21 @@ class Agent:
         self.reader.cancel()
 
 
-async def test_paused_holder_is_fenced_out_after_it_resumes() -> None:
-    settings = Settings(listen="127.0.0.1:0", uvloop=False)
+@pytest.fixture(params=["embedded", "redis+etcd"])
+def settings(request: pytest.FixtureRequest) -> Settings:
+    embedded = Settings(listen="127.0.0.1:0", uvloop=False)
+    if request.param == "embedded":
+        return embedded
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    etcd: EtcdCluster = request.getfixturevalue("etcd")
+    return embedded.replace(
+        redis_url=redis.url,
+        etcd_endpoints=",".join(etcd.endpoints),
+        etcd_prefix=f"/bb-{uuid.uuid4().hex[:8]}",
+    )
+
+
+async def test_paused_holder_is_fenced_out_after_it_resumes(settings: Settings) -> None:
     async with serve(settings) as server, grpc.aio.insecure_channel(server.address) as channel:
         bb, co = pb_grpc.BlackboardStub(channel), pb_grpc.CoordinationStub(channel)
         conv = f"pause-{uuid.uuid4().hex[:8]}"
