@@ -48,6 +48,8 @@ class _Conversation:
     fences: dict[str, int] = field(default_factory=dict)
     replies: dict[str, tuple[str, CommitResult, int]] = field(default_factory=dict)
     reply_expiry: deque[tuple[int, str]] = field(default_factory=deque)
+    bindings: dict[str, set[str]] = field(default_factory=dict)  # session -> bound keys
+    ended: dict[str, int] = field(default_factory=dict)  # session -> when its end was recorded
 
     def view(self) -> Conversation:
         return Conversation(
@@ -115,12 +117,21 @@ class MemoryStore:
             return result
         fence_mark = conv.fences.get(batch.fence.mark, 0) if batch.fence else 0
         plan = commit.plan(
-            batch, head=conv.head, lookup=conv.entries.get, fence_mark=fence_mark, now_ms=now_ms
+            batch,
+            head=conv.head,
+            lookup=conv.entries.get,
+            fence_mark=fence_mark,
+            now_ms=now_ms,
+            session_keys=lambda session: conv.bindings.get(session, ()),
+            session_ended=conv.ended.__contains__,
         )
         if plan.event is None:
             return CommitResult(plan.succeeded, conv.head, plan.results, plan.compared)
-        if batch.fence is not None:
-            conv.fences[batch.fence.mark] = max(fence_mark, batch.fence.token)
+        for mark, token in batch.marks:
+            conv.fences[mark] = max(conv.fences.get(mark, 0), token)
+        for session in plan.ended_sessions:
+            conv.ended[session] = now_ms
+        self._forget_ended(conv, now_ms)
         self._append(conv, plan.event)
         result = CommitResult(plan.succeeded, plan.event.revision, plan.results, plan.compared)
         if batch.request_id:
@@ -130,6 +141,7 @@ class MemoryStore:
 
     def _append(self, conv: _Conversation, event: Event) -> None:
         for change in event.changes:
+            self._rebind(conv, change.key, change.entry)
             if change.entry is not None:
                 # Not `previous is None`: an event may change one key twice (a Put of
                 # the key an AppendChild of the same batch creates).
@@ -147,6 +159,24 @@ class MemoryStore:
         while len(conv.log) > self._retention:
             conv.compact = conv.log.popleft().revision
         self._notify(conv.ref, event)
+
+    @staticmethod
+    def _rebind(conv: _Conversation, key: str, entry: Entry | None) -> None:
+        """Keeps the session -> keys index in step with the entry now at `key`."""
+        current = conv.entries.get(key)
+        if current is not None and current.session_id:
+            bound = conv.bindings[current.session_id]
+            bound.discard(key)
+            if not bound:
+                del conv.bindings[current.session_id]
+        if entry is not None and entry.session_id:
+            conv.bindings.setdefault(entry.session_id, set()).add(key)
+
+    def _forget_ended(self, conv: _Conversation, now_ms: int) -> None:
+        """Ended sessions are remembered for the dedupe window, like request ids."""
+        cutoff = now_ms - self._dedupe_window_ms
+        for session in [s for s, at in conv.ended.items() if at <= cutoff]:
+            del conv.ended[session]
 
     def _forget_replies(self, conv: _Conversation, now_ms: int) -> None:
         while conv.reply_expiry and conv.reply_expiry[0][0] <= now_ms:

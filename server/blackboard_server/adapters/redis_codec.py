@@ -9,7 +9,9 @@ All keys of a conversation share the hash tag `{tenant/id}`:
     <prefix>:{tenant/id}:i   hash   request id -> [fingerprint, result, expires_ms]
     <prefix>:{tenant/id}:j   zset   request id by expires_ms (cleaned a few per write)
     <prefix>:{tenant/id}:x   zset   key by the expires_ms of its TTL
-    <prefix>:{tenant/id}:f   hash   fence mark -> newest token
+    <prefix>:{tenant/id}:f   hash   fence mark -> the current holder's token
+    <prefix>:{tenant/id}:b   zset   `session NUL key` for every entry bound to a session
+    <prefix>:{tenant/id}:e   zset   session ids whose end was recorded, by when
     <prefix>:{tenant/id}:n   pub/sub channel: the encoded event, or empty
     <prefix>:conversations:<tenant>  zset  conversation ids of a tenant
     <prefix>:ttl                     zset  `tenant/id` by its earliest entry expiry
@@ -26,16 +28,18 @@ batches are packed with the old raw string type and everything is unpacked
 with raw=True: values are arbitrary bytes, text fields are UTF-8.
 Absent values are `false` (a nil would turn a Lua array into a map).
 
-    batch      [compares, success, failure, request_id, fence | false, agent_id, session_id]
+    batch      [compares, success, failure, request_id, fence | false, agent_id, session_id,
+                coordination | false, [[mark, token], ...]]
     compare    [key, target, operator, number, value]
-    op         [kind (1 put, 2 delete, 3 append), key | parent, data, content_type,
-                ttl_ms, session_id]
+    op         [kind (1 put, 2 delete, 3 append, 4 delete session entries),
+                key | parent | session id, data, content_type, ttl_ms, session_id]
+    coordination [kind, agent_id, session_id, name, token, value]
     fence      [kind, name, token]
     provenance [agent_id, session_id, request_id, fence | false, time_ms]
     entry      [key, data, content_type, version, create_revision, mod_revision,
                 expires_ms, session_id, provenance]
     change     [type, key, entry | false, previous entry | false]
-    event      [revision, time_ms, provenance, [change, ...]]
+    event      [revision, time_ms, provenance, [change, ...], coordination | false]
     result     [succeeded, revision, [[key, version, create_revision], ...],
                 [[key, version, mod_revision], ...]]
 
@@ -59,6 +63,8 @@ from blackboard_server.domain.model import (
     CommitResult,
     Conversation,
     ConversationRef,
+    Coordination,
+    CoordinationKind,
     Delete,
     Entry,
     Event,
@@ -74,7 +80,7 @@ from blackboard_server.domain.model import (
 
 log = structlog.get_logger("blackboard.redis")
 
-_PUT, _DELETE, _APPEND = 1, 2, 3
+_PUT, _DELETE, _APPEND, _END_SESSION = 1, 2, 3, 4
 META_FIELDS = ("rev", "compact", "ctime", "utime", "idle", "metadata")
 
 
@@ -102,13 +108,16 @@ class Keys:
 
     @property
     def all(self) -> list[str]:
-        return self.named("m", "d", "k", "l", "i", "j", "x", "f")
+        return self.named("m", "d", "k", "l", "i", "j", "x", "f", "b", "e")
 
 
 def pack_batch(batch: WriteBatch) -> bytes:
     fence: Any = False
     if batch.fence is not None:
         fence = [str(batch.fence.kind), batch.fence.name, batch.fence.token]
+    record: Any = False
+    if (c := batch.coordination) is not None:
+        record = [int(c.kind), c.agent_id, c.session_id, c.name, c.token, c.value]
     return _pack(
         [
             [[c.key, int(c.target), int(c.operator), c.number, c.value] for c in batch.compares],
@@ -118,6 +127,8 @@ def pack_batch(batch: WriteBatch) -> bytes:
             fence,
             batch.agent_id,
             batch.session_id,
+            record,
+            [[mark, token] for mark, token in batch.marks],
         ]
     )
 
@@ -129,7 +140,7 @@ def _op(op: Op) -> list[Any]:
         return [_APPEND, op.parent, op.data, op.content_type, op.ttl_ms, ""]
     if isinstance(op, Delete):
         return [_DELETE, op.key, b"", "", 0, ""]
-    raise NotImplementedError(f"{type(op).__name__} is not defined by domain/commit.py::plan")
+    return [_END_SESSION, op.session_id, b"", "", 0, ""]
 
 
 def pack_metadata(metadata: dict[str, str]) -> bytes:
@@ -145,7 +156,7 @@ def unpack_entry(raw: bytes) -> Entry:
 
 
 def unpack_event(raw: bytes) -> Event:
-    revision, time_ms, provenance, changes = _unpack(raw)
+    revision, time_ms, provenance, changes, record = _unpack(raw)
     return Event(
         revision,
         time_ms,
@@ -159,6 +170,19 @@ def unpack_event(raw: bytes) -> Event:
             )
             for kind, key, entry, previous in changes
         ),
+        None if record is False else _coordination(record),
+    )
+
+
+def _coordination(fields: list[Any]) -> Coordination:
+    kind, agent_id, session_id, name, token, value = fields
+    return Coordination(
+        CoordinationKind(kind),
+        agent_id.decode(),
+        session_id.decode(),
+        name.decode(),
+        token,
+        value,
     )
 
 

@@ -38,6 +38,7 @@ from blackboard_server.domain.errors import (
     Fenced,
     RequestIdReused,
     RevisionCompacted,
+    SessionNotFound,
 )
 from blackboard_server.domain.model import (
     CommitResult,
@@ -246,6 +247,8 @@ class RedisStore:
             raise Fenced(batch.fence.mark, batch.fence.token, reply[1])
         if status == b"REUSED":
             raise RequestIdReused(batch.request_id)
+        if status == b"SESSION_ENDED":
+            raise SessionNotFound(reply[1].decode())
         return codec.unpack_result(reply[1], replayed=bool(reply[2]))
 
     async def expire_due(self, now_ms: int, limit: int) -> int:
@@ -277,7 +280,7 @@ class RedisStore:
             await self._client.zrem(self._ttl_index, member)
             deleted, following = await self._run(
                 "expire",
-                keys.named("m", "d", "k", "l", "x"),
+                keys.named("m", "d", "k", "l", "x", "b"),
                 now_ms,
                 limit,
                 self._retention,

@@ -7,12 +7,14 @@ stateful equivalence test hold the two together.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from blackboard_server.domain.errors import Fenced
+from blackboard_server.domain.errors import Fenced, SessionNotFound
 from blackboard_server.domain.model import (
     AppendChild,
+    Delete,
+    DeleteSessionEntries,
     Change,
     ChangeType,
     Compare,
@@ -31,6 +33,8 @@ from blackboard_server.domain.model import (
 )
 
 Lookup = Callable[[str], Entry | None]
+SessionKeys = Callable[[str], Iterable[str]]
+SessionEnded = Callable[[str], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +43,23 @@ class Plan:
     event: Event | None  # None when the applied branch changed nothing
     results: tuple[OpResult, ...]
     compared: tuple[KeyState, ...]
+    ended_sessions: tuple[str, ...] = ()  # sessions whose entries this commit removed
 
 
 def check_fence(fence: Fence | None, current: int) -> None:
-    """A write is fenced out when the store knows a newer token than the one it carries."""
-    if fence is not None and current > fence.token:
+    """A fenced write needs the token of the current holder, which the store recorded
+    when the lock or term was taken: an older token has lost it, and a token the
+    store never saw was not issued to a holder."""
+    if fence is not None and current != fence.token:
         raise Fenced(fence.mark, fence.token, current)
+
+
+def _no_keys(session_id: str) -> Iterable[str]:
+    return ()
+
+
+def _not_ended(session_id: str) -> bool:
+    return False
 
 
 def compare_holds(compare: Compare, entry: Entry | None) -> bool:
@@ -85,11 +100,15 @@ def plan(
     lookup: Lookup,
     fence_mark: int,
     now_ms: int,
+    session_keys: SessionKeys = _no_keys,
+    session_ended: SessionEnded = _not_ended,
 ) -> Plan:
     """Decides the outcome of `batch` against the state seen through `lookup`.
 
     Raises Fenced before anything else is looked at, so a fenced-out writer
-    learns nothing about the state.
+    learns nothing about the state; SessionNotFound for a put bound to a
+    session whose end was recorded. A batch that carries a coordination record
+    always commits a revision, even with no changes.
     """
     check_fence(batch.fence, fence_mark)
     held = all(compare_holds(c, lookup(c.key)) for c in batch.compares)
@@ -107,15 +126,32 @@ def plan(
     )
     changes: list[Change] = []
     results: list[OpResult] = []
+    ended: list[str] = []
     for op in ops:
+        if isinstance(op, DeleteSessionEntries):
+            ended.append(op.session_id)
+            changes.extend(_unbind(op.session_id, lookup, session_keys))
+            continue
+        if isinstance(op, Put) and op.session_id and session_ended(op.session_id):
+            raise SessionNotFound(op.session_id)
         change, result = _apply(op, lookup, revision, provenance)
         results.append(result)
         if change is not None:
             changes.append(change)
-    if not changes:
+    if not changes and batch.coordination is None:
         return Plan(held, None, tuple(results), compared)
-    event = Event(revision, now_ms, provenance, tuple(changes))
-    return Plan(held, event, tuple(results), compared)
+    event = Event(revision, now_ms, provenance, tuple(changes), batch.coordination)
+    return Plan(held, event, tuple(results), compared, tuple(ended))
+
+
+def _unbind(session_id: str, lookup: Lookup, session_keys: SessionKeys) -> list[Change]:
+    """Deletes of every entry still bound to the session, in key order."""
+    changes = []
+    for key in sorted(session_keys(session_id)):
+        entry = lookup(key)
+        if entry is not None and entry.session_id == session_id:
+            changes.append(Change(ChangeType.DELETE, key, None, entry))
+    return changes
 
 
 def _state(key: str, entry: Entry | None) -> KeyState:
@@ -125,7 +161,7 @@ def _state(key: str, entry: Entry | None) -> KeyState:
 
 
 def _apply(
-    op: Op, lookup: Lookup, revision: int, provenance: Provenance
+    op: Put | AppendChild | Delete, lookup: Lookup, revision: int, provenance: Provenance
 ) -> tuple[Change | None, OpResult]:
     if isinstance(op, Put | AppendChild):
         key = op.key if isinstance(op, Put) else child_key(op.parent, revision)

@@ -181,8 +181,9 @@ class NotHolder(BlackboardError):
     reason = "NOT_HOLDER"
 
     def __init__(self, name: str, token: int) -> None:
-        super().__init__(f"this session does not hold {name!r} with token {token}",
-                         name=name, token=token)
+        super().__init__(
+            f"this session does not hold {name!r} with token {token}", name=name, token=token
+        )
 
 
 class WaitExpired(BlackboardError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 
-from blackboard_server.domain.model import AppendChild, Put, WriteBatch
+from blackboard_server.domain.model import AppendChild, Delete, Put, WriteBatch
 
 
 def fingerprint(batch: WriteBatch) -> str:
@@ -27,7 +27,14 @@ def _parts(batch: WriteBatch) -> Iterator[bytes | str | int]:
                 yield from ("put", op.key, op.data, op.content_type, op.ttl_ms, op.session_id)
             elif isinstance(op, AppendChild):
                 yield from ("append", op.parent, op.data, op.content_type, op.ttl_ms)
-            else:
+            elif isinstance(op, Delete):
                 yield from ("delete", op.key)
+            else:
+                yield from ("end-session", op.session_id)
     if batch.fence is not None:
         yield from (batch.fence.mark, batch.fence.token)
+    if (record := batch.coordination) is not None:
+        yield from ("coordination", record.kind, record.agent_id, record.session_id,
+                    record.name, record.token, record.value)
+    for mark, token in batch.marks:
+        yield from ("mark", mark, token)

@@ -12,7 +12,15 @@ import unicodedata
 from dataclasses import dataclass
 
 from blackboard_server.domain.errors import InvalidArgument, LimitExceeded
-from blackboard_server.domain.model import AppendChild, Compare, Op, Put, WriteBatch, child_key
+from blackboard_server.domain.model import (
+    AppendChild,
+    Compare,
+    DeleteSessionEntries,
+    Op,
+    Put,
+    WriteBatch,
+    child_key,
+)
 
 _CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _IDENTIFIER = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
@@ -143,6 +151,10 @@ def _ops(ops: tuple[Op, ...], limits: Limits, branch: str) -> None:
     written: set[str] = set()
     for i, op in enumerate(ops):
         field = f"{branch}[{i}]." if branch else ""
+        if isinstance(op, DeleteSessionEntries):
+            continue  # made by the server when a session ends, never sent by a client
+        if isinstance(op, Put):
+            identifier(op.session_id, f"{field}session_id")
         name = op.parent if isinstance(op, AppendChild) else op.key
         key(name, limits, f"{field}key")
         if isinstance(op, AppendChild) and _byte_length(child_key(name, 0)) > limits.max_key_bytes:

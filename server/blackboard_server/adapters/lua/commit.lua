@@ -1,10 +1,10 @@
 -- One write, all or nothing: a port of domain/commit.py::plan plus the
 -- bookkeeping of MemoryStore.commit.
 --
--- KEYS: meta data index log replies reply_expiry ttl fences
+-- KEYS: meta data index log replies reply_expiry ttl fences bindings ended
 -- ARGV: batch fingerprint now_ms retention dedupe_window_ms channel max_payload
-local meta, data, index, log, replies, reply_expiry, ttl, fences =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local meta, data, index, log, replies, reply_expiry, ttl, fences, bindings, ended =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local batch = cmsgpack.unpack(ARGV[1])
 local fingerprint = ARGV[2]
 local now = tonumber(ARGV[3])
@@ -48,7 +48,8 @@ local mark_name, mark = nil, 0
 if fence then
   mark_name = fence[1] .. ':' .. fence[2]
   mark = tonumber(redis.call('HGET', fences, mark_name) or '0')
-  if mark > fence[3] then
+  -- Only the current holder's token, as recorded when it took the lock or term.
+  if mark ~= fence[3] then
     return {'FENCED', mark}
   end
 end
@@ -138,9 +139,27 @@ local revision = head + 1
 local provenance = {batch[6], batch[7], request_id, fence, now}
 local changes, results, has_ttl = {}, {}, false
 -- Every lookup sees the state before the write, as plan's does.
+local ended_sessions = {}
 for _, op in ipairs(ops) do
   local kind, key = op[1], op[2]
-  if kind == 1 or kind == 3 then
+  if kind == 1 and op[6] ~= '' and redis.call('ZSCORE', ended, op[6]) then
+    return {'SESSION_ENDED', op[6]}
+  end
+  if kind == 4 then
+    -- The session ended: every entry still bound to it goes in this revision.
+    local session = key
+    ended_sessions[#ended_sessions + 1] = session
+    -- Members are `session NUL key`: session ids may contain '/' but never NUL.
+    local members = redis.call('ZRANGEBYLEX', bindings, '[' .. session .. '\0',
+      '(' .. session .. '\1')
+    for _, member in ipairs(members) do
+      local bound = string.sub(member, #session + 2)
+      local previous, previous_raw = lookup(bound)
+      if previous and previous[8] == session then
+        changes[#changes + 1] = {type = 2, key = bound, entry = false, previous = previous_raw}
+      end
+    end
+  elseif kind == 1 or kind == 3 then
     if kind == 3 then
       key = string.format('%s/%020d', key, revision)
     end
@@ -173,15 +192,22 @@ for _, op in ipairs(ops) do
   end
 end
 
-if #changes == 0 then
+local coordination = batch[8]
+if #changes == 0 and not coordination then
   return {'OK', cmsgpack.pack({held, head, results, compared}), 0, -1}
 end
 
-if fence then
-  redis.call('HSET', fences, mark_name, num(math.max(mark, fence[3])))
+for _, raise in ipairs(batch[9]) do
+  local current = tonumber(redis.call('HGET', fences, raise[1]) or '0')
+  redis.call('HSET', fences, raise[1], num(math.max(current, raise[2])))
 end
-apply_changes(data, index, ttl, changes)
-local event = encode_event(revision, now, provenance, changes)
+for _, session in ipairs(ended_sessions) do
+  redis.call('ZADD', ended, num(now), session)
+end
+-- Remembered for the dedupe window, like request ids; forgotten by any commit.
+redis.call('ZREMRANGEBYSCORE', ended, '-inf', num(now - dedupe_window))
+apply_changes(data, index, ttl, bindings, changes)
+local event = encode_event(revision, now, provenance, changes, coordination)
 local result = cmsgpack.pack({held, revision, results, compared})
 if request_id ~= '' then
   local expires = now + dedupe_window

@@ -41,19 +41,32 @@ end
 
 -- Stored entries and previous entries are spliced into the event as they are,
 -- without a decode/encode round trip.
-local function encode_event(revision, now, provenance, changes)
-  local parts = {array_header(4), cmsgpack.pack(revision, now, provenance),
+local function encode_event(revision, now, provenance, changes, coordination)
+  local parts = {array_header(5), cmsgpack.pack(revision, now, provenance),
     array_header(#changes)}
   for _, c in ipairs(changes) do
     parts[#parts + 1] = array_header(4) .. cmsgpack.pack(c.type, c.key)
       .. (c.entry or cmsgpack.pack(false)) .. (c.previous or cmsgpack.pack(false))
   end
+  parts[#parts + 1] = cmsgpack.pack(coordination or false)
   return table.concat(parts)
 end
 
--- c.entry_table is the decoded new entry, kept to index its expiry.
-local function apply_changes(data, index, ttl, changes)
+-- c.entry_table is the decoded new entry, kept to index its expiry and its
+-- session. The binding index is kept from the entry stored now, not
+-- c.previous: one event may change a key twice.
+local function apply_changes(data, index, ttl, bindings, changes)
   for _, c in ipairs(changes) do
+    local current = redis.call('HGET', data, c.key)
+    if current then
+      local session = cmsgpack.unpack(current)[8]
+      if session ~= '' then
+        redis.call('ZREM', bindings, session .. '\0' .. c.key)
+      end
+    end
+    if c.entry and c.entry_table[8] ~= '' then
+      redis.call('ZADD', bindings, 0, c.entry_table[8] .. '\0' .. c.key)
+    end
     if c.entry then
       redis.call('HSET', data, c.key, c.entry)
       redis.call('ZADD', index, 0, c.key)
