@@ -17,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from blackboard_server.adapters.redis_store import RedisStore
+from blackboard_server.domain.coordination import Holder, SessionInfo, acquired, session_ended
 from blackboard_server.domain.errors import BackendUnavailable
 from blackboard_server.domain.fingerprint import fingerprint
 from blackboard_server.domain.model import (
@@ -189,16 +190,24 @@ async def test_a_conversation_keeps_its_keys_under_one_hash_tag(own_redis: Redis
     async with await RedisStore.connect(own_redis.url, retention=3, prefix="lay") as store:
         ref = ConversationRef("acme", "conv-1")
         await store.create_conversation(ref, {}, 0, 1)
-        fence = Fence(FenceKind.LOCK, "l", 1)
-        batch = WriteBatch((), (Put("t", b"v", ttl_ms=60_000),), request_id="r", fence=fence)
+        holder = Holder(ref, FenceKind.LOCK, "l", "s1", "agent", 7)
+        await store.commit(ref, acquired(holder), fingerprint(acquired(holder)), 1)
+        batch = WriteBatch(
+            (),
+            (Put("t", b"v", ttl_ms=60_000, session_id="s1"),),
+            request_id="r",
+            fence=Fence(FenceKind.LOCK, "l", 7),
+        )
         await store.commit(ref, batch, fingerprint(batch), 2)
-        for now in range(3, 8):
+        ended = session_ended(SessionInfo(ref, "s2", "agent", 1), expired=False)
+        await store.commit(ref, ended, fingerprint(ended), 3)
+        for now in range(4, 7):
             await put(store, ref, "k", now)
     async with Redis.from_url(own_redis.url) as admin:
         keys = {k.decode() async for k in admin.scan_iter("lay:*")}
         tagged = {k for k in keys if k.startswith("lay:{acme/conv-1}:")}
         assert keys - tagged == {"lay:conversations:acme", "lay:ttl"}
-        assert {k.rsplit(":", 1)[1] for k in tagged} == set("mdklijxf")
+        assert {k.rsplit(":", 1)[1] for k in tagged} == set("mdklijxfbe")
         log = "lay:{acme/conv-1}:l"
         assert await admin.type(log) == b"stream"
         assert [i for i, _ in await admin.xrange(log)] == [b"4-0", b"5-0", b"6-0"]

@@ -12,7 +12,6 @@ from blackboard_server.adapters.memory import EXPIRY_AGENT
 from blackboard_server.domain.errors import (
     ConversationExists,
     ConversationNotFound,
-    Fenced,
     RequestIdReused,
     RevisionCompacted,
 )
@@ -28,8 +27,6 @@ from blackboard_server.domain.model import (
     Delete,
     Entry,
     Event,
-    Fence,
-    FenceKind,
     KeyState,
     Op,
     Operator,
@@ -416,7 +413,7 @@ async def test_a_batch_may_write_the_key_its_append_creates(
     ]
 
 
-# --- idempotency and fencing ----------------------------------------------------------
+# --- idempotency (fences and sessions: test_store_coordination.py) ------------
 
 
 async def test_a_retry_replays_the_original_result(store: StateStore, ref: ConversationRef) -> None:
@@ -456,48 +453,6 @@ async def test_a_retry_of_a_failed_compare_replays_the_failure(
     first = await txn(store, ref, batch)
     assert not first.succeeded and first.compared == (KeyState("k", 1, 1),)
     await write(store, ref, Put("k", b"v2"))
-    assert await txn(store, ref, batch) == dataclasses.replace(first, replayed=True)
-
-
-async def test_a_stale_fence_token_is_refused(store: StateStore, ref: ConversationRef) -> None:
-    def lock(token: int) -> Fence:
-        return Fence(FenceKind.LOCK, "job", token)
-
-    await write(store, ref, Put("k", b"5"), fence=lock(5))
-    before = await everything(store, ref)
-    stale = WriteBatch(
-        (Compare("k", Target.VERSION, Operator.EQUAL, 99),), (), (Put("k", b"3"),), fence=lock(3)
-    )
-    with pytest.raises(Fenced) as refused:
-        await txn(store, ref, stale)
-    assert refused.value.current_token == 5
-    assert refused.value.metadata["fence"] == "lock:job"
-    assert await everything(store, ref) == before
-
-    assert (await write(store, ref, Put("k", b"5 again"), fence=lock(5))).revision == 2
-    assert (await write(store, ref, Put("k", b"7"), fence=lock(7))).revision == 3
-    with pytest.raises(Fenced):
-        await write(store, ref, Put("k", b"6"), fence=lock(6))
-    # Another kind or name is another fence.
-    election = Fence(FenceKind.ELECTION, "job", 1)
-    assert (await write(store, ref, Put("k", b"e"), fence=election)).revision == 4
-    (entry,) = (await store.read(ref, "k", "", 1, exact=True)).entries
-    assert entry.provenance.fence == election
-
-
-async def test_a_fenced_write_that_changes_nothing_leaves_the_mark(
-    store: StateStore, ref: ConversationRef
-) -> None:
-    nothing = await write(store, ref, Delete("absent"), fence=Fence(FenceKind.LOCK, "j", 9))
-    assert nothing.revision == 0
-    written = await write(store, ref, Put("k", b"v"), fence=Fence(FenceKind.LOCK, "j", 8))
-    assert written.revision == 1
-
-
-async def test_a_replay_wins_over_a_newer_fence(store: StateStore, ref: ConversationRef) -> None:
-    batch = WriteBatch((), (Put("k", b"v"),), request_id="r", fence=Fence(FenceKind.LOCK, "l", 1))
-    first = await txn(store, ref, batch)
-    await write(store, ref, Put("k", b"w"), fence=Fence(FenceKind.LOCK, "l", 2))
     assert await txn(store, ref, batch) == dataclasses.replace(first, replayed=True)
 
 

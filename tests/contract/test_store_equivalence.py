@@ -24,7 +24,8 @@ from hypothesis.stateful import (
 
 from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.redis_store import RedisStore
-from blackboard_server.domain import limits
+from blackboard_server.domain import coordination, limits
+from blackboard_server.domain.coordination import Holder, SessionInfo
 from blackboard_server.domain.errors import BlackboardError
 from blackboard_server.domain.fingerprint import fingerprint
 from blackboard_server.domain.model import (
@@ -54,8 +55,10 @@ values = st.sampled_from([b"", b"\x00", b"m", b"m\x00", b"\xff", b"\xc3\xa9"]) |
     max_size=3
 )
 ttls = st.sampled_from([0, 0, 100, 300, 700])
+# "s" binding "a/b" and "s/a" binding "b" must stay two different bindings.
+sessions = st.sampled_from(["s", "s/a"])
 puts = st.builds(
-    Put, keys, values, st.sampled_from(["", "text/plain"]), ttls, st.sampled_from(["", "s1"])
+    Put, keys, values, st.sampled_from(["", "text/plain"]), ttls, st.just("") | sessions
 )
 appends = st.builds(AppendChild, parents, values, st.just(""), ttls)
 
@@ -68,9 +71,10 @@ def _slot(op: Op) -> str:
 ops = st.lists(
     st.one_of(puts, puts, st.builds(Delete, keys), appends), max_size=3, unique_by=_slot
 ).map(tuple)
-fences = st.none() | st.builds(
-    Fence, st.sampled_from(list(FenceKind)), st.sampled_from(["x", "y"]), st.integers(1, 5)
-)
+fence_kinds = st.sampled_from(list(FenceKind))
+fence_names = st.sampled_from(["x", "y"])
+tokens = st.integers(1, 5)
+fences = st.none() | st.builds(Fence, fence_kinds, fence_names, tokens)
 request_ids = st.sampled_from(["", "", "r1", "r2", "r3"])
 ticks = st.integers(0, 300)
 
@@ -163,6 +167,31 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(data=st.data(), tick=ticks)
     def retry(self, data: st.DataObject, tick: int) -> None:
         self.commit(data.draw(st.sampled_from(self.sent)), tick)
+
+    @rule(kind=fence_kinds, name=fence_names, token=tokens, session=sessions, tick=ticks)
+    def acquire(self, kind: FenceKind, name: str, token: int, session: str, tick: int) -> None:
+        holder = Holder(self.ref, kind, name, session, "agent", token, b"v")
+        self.commit(coordination.acquired(holder), tick)
+
+    @rule(
+        kind=fence_kinds,
+        name=fence_names,
+        token=tokens,
+        expired=st.booleans(),
+        tick=ticks,
+    )
+    def end_hold(self, kind: FenceKind, name: str, token: int, expired: bool, tick: int) -> None:
+        holder = Holder(self.ref, kind, name, "s", "agent", token)
+        self.commit(coordination.ended(holder, expired=expired), tick)
+
+    @rule(key=st.sampled_from(["a", "a/b", "b"]), session=st.just("") | sessions, tick=ticks)
+    def bind(self, key: str, session: str, tick: int) -> None:
+        self.commit(WriteBatch((), (Put(key, b"bound", session_id=session),)), tick)
+
+    @rule(session=sessions, expired=st.booleans(), tick=ticks)
+    def end_session(self, session: str, expired: bool, tick: int) -> None:
+        info = SessionInfo(self.ref, session, "agent", 1_000)
+        self.commit(coordination.session_ended(info, expired=expired), tick)
 
     @rule(tick=st.integers(0, 1_000), limit=st.integers(1, 4))
     def expire(self, tick: int, limit: int) -> None:
