@@ -135,6 +135,9 @@ class RedisStore:
             async with asyncio.timeout(self._timeout_s):
                 yield
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+            # The pool's other idle connections were very likely cut by the same
+            # outage: drop them, so one failed call per outage, not one per connection.
+            await self._client.connection_pool.disconnect(inuse_connections=False)
             raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
         except ResponseError as exc:
             if isinstance(exc, ReadOnlyError) or str(exc).startswith(_TRANSIENT):
