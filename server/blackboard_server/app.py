@@ -108,6 +108,8 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
             convert.encode_event,
             capacity=settings.feed_buffer,
             poll_interval_s=min(1.0, settings.progress_interval_s),
+            tick_interval_s=settings.progress_interval_s / 2,
+            coalesce_s=settings.subscriber_coalesce_ms / 1000,
         )
         await stack.enter_async_context(hub.running())
         coordinator = await open_coordinator(settings)
@@ -136,7 +138,13 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
             settings.progress_interval_s,
         )
         subscriptions = Subscriptions(
-            store, hub, blackboard, convert.encode_event, settings.limits, stream
+            store,
+            hub,
+            blackboard,
+            convert.encode_event,
+            convert.batch_message,
+            settings.limits,
+            stream,
         )
         servicer = BlackboardServicer(
             blackboard,

@@ -54,6 +54,9 @@ class Settings:
     subscriber_max_lag: int = 10_000  # events behind the head before a subscriber is ended
     subscriber_batch: int = 1000  # events per stream message at most
     subscriber_write_timeout_s: float = 30.0
+    # Under load, a stream gets at most one message per this many ms, carrying
+    # every event that came meanwhile; the first event after a quiet spell goes at once.
+    subscriber_coalesce_ms: int = 10
     snapshot_chunk: int = 500  # entries per snapshot message
     progress_interval_s: float = 5.0
     feed_buffer: int = 4096  # recent events each conversation keeps in memory for fan-out

@@ -232,15 +232,12 @@ def txn_result(result: CommitResult) -> pb.TxnResponse:
 def stream_item(item: StreamItem, *, with_previous: bool) -> bytes:
     """A SubscribeResponse, serialized. Whole events reuse their cached encoding."""
     if isinstance(item, EventBatch):
-        parts = []
-        for ev, wire in zip(item.events, item.wire, strict=True):
-            raw = (
-                wire
-                if wire is not None
-                else event(ev, with_previous=with_previous).SerializeToString()
-            )
-            parts.append(_field(1, raw))
-        return _field(3, b"".join(parts))
+        if item.message is not None:
+            return item.message
+        return batch_message(
+            wire if wire is not None else event(ev, with_previous=with_previous).SerializeToString()
+            for ev, wire in zip(item.events, item.wire, strict=True)
+        )
     message = pb.SubscribeResponse()
     if isinstance(item, SnapshotChunk):
         message.snapshot.revision = item.revision
@@ -254,6 +251,11 @@ def stream_item(item: StreamItem, *, with_previous: bool) -> bytes:
         message.reset.requested_revision = item.requested_revision
         message.reset.compact_revision = item.compact_revision
     return message.SerializeToString()
+
+
+def batch_message(events: Iterable[bytes | None]) -> bytes:
+    """A SubscribeResponse carrying an EventBatch of already encoded events."""
+    return _field(3, b"".join(_field(1, raw) for raw in events if raw is not None))
 
 
 def _field(number: int, payload: bytes) -> bytes:

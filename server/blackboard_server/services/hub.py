@@ -26,19 +26,45 @@ from blackboard_server.ports import StateStore
 
 Encoder = Callable[[Event], bytes]
 PAGE = 1000
+BATCH_CACHE = 16  # encoded stream messages a feed keeps for subscribers at the same cursor
 
 
 class Feed:
-    def __init__(self, ref: ConversationRef, head: int, capacity: int) -> None:
+    """One conversation's recent events, and the subscribers waiting on them.
+
+    Waking is coalesced: the first event after a quiet spell wakes subscribers
+    at once, later ones at most every `coalesce_s`, so under load each wake-up
+    carries several events in one stream message instead of one message per
+    event per subscriber. Waiters share one future per wake-up; the pump's
+    periodic tick wakes them too, which is how an idle stream learns it is
+    time for a progress message without a timer of its own.
+    """
+
+    def __init__(
+        self, ref: ConversationRef, head: int, capacity: int, coalesce_s: float = 0.0
+    ) -> None:
         self.ref = ref
         self.head = head  # every revision up to here is known (in memory or in the log)
         self.gone = False  # the conversation was deleted
         self.closing = False  # this replica is shutting down
         self._events: deque[Event] = deque(maxlen=capacity)
         self._wire: deque[bytes] = deque(maxlen=capacity)
-        self._advanced = asyncio.Event()
+        self._coalesce = coalesce_s
+        self._woken_at = 0.0
+        self._pending_wake: asyncio.TimerHandle | None = None
+        self._next: asyncio.Future[None] | None = None
         self.kick = asyncio.Event()  # asks the pump to read the log
         self.subscribers = 0
+        self._batches: dict[tuple[int, int], bytes] = {}
+
+    def encoded_batch(self, span: tuple[int, int], encode: Callable[[], bytes]) -> bytes:
+        """The stream message for the events in `span`, encoded by the first who asks."""
+        message = self._batches.get(span)
+        if message is None:
+            if len(self._batches) >= BATCH_CACHE:
+                del self._batches[next(iter(self._batches))]
+            message = self._batches[span] = encode()
+        return message
 
     def advance(self, event: Event, wire: bytes) -> bool:
         if event.revision != self.head + 1:
@@ -59,12 +85,27 @@ class Feed:
     def end(self, *, gone: bool = False, closing: bool = False) -> None:
         self.gone = self.gone or gone
         self.closing = self.closing or closing
-        self._wake()
+        self.tick()
 
     def _wake(self) -> None:
-        # Event.set resolves every current waiter; clearing at once makes it a broadcast.
-        self._advanced.set()
-        self._advanced.clear()
+        if self._next is None or self._pending_wake is not None:
+            return  # nobody waits, or a wake-up is already due
+        loop = asyncio.get_running_loop()
+        due = self._woken_at + self._coalesce
+        if loop.time() >= due:
+            self.tick()
+        else:
+            self._pending_wake = loop.call_at(due, self.tick)
+
+    def tick(self) -> None:
+        """Wakes every waiter now."""
+        if self._pending_wake is not None:
+            self._pending_wake.cancel()
+            self._pending_wake = None
+        waiting, self._next = self._next, None
+        if waiting is not None and not waiting.done():
+            self._woken_at = asyncio.get_running_loop().time()
+            waiting.set_result(None)
 
     def since(self, after: int, limit: int) -> tuple[list[Event], list[bytes]] | None:
         """Events after revision `after` held in memory; None if they are older than that."""
@@ -80,26 +121,32 @@ class Feed:
             list(itertools.islice(self._wire, start, stop)),
         )
 
-    async def wait(self, after: int, within_s: float) -> bool:
-        """Waits until the head passes `after` (or the feed ends); False on timeout."""
+    async def wait(self, after: int) -> None:
+        """Returns once the head has passed `after`, the feed ended, or a tick came."""
         if self.head > after or self.gone or self.closing:
-            return True
-        try:
-            async with asyncio.timeout(within_s):
-                await self._advanced.wait()
-        except TimeoutError:
-            return False
-        return True
+            return
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        await self._next
 
 
 class Hub:
     def __init__(
-        self, store: StateStore, encoder: Encoder, *, capacity: int, poll_interval_s: float
+        self,
+        store: StateStore,
+        encoder: Encoder,
+        *,
+        capacity: int,
+        poll_interval_s: float,
+        tick_interval_s: float,
+        coalesce_s: float = 0.0,
     ) -> None:
         self._store = store
         self._encode = encoder
         self._capacity = capacity
         self._poll = poll_interval_s
+        self._tick = tick_interval_s
+        self._coalesce = coalesce_s
         self._feeds: dict[ConversationRef, Feed] = {}
         self._pumps: dict[ConversationRef, asyncio.Task[None]] = {}
         self._tasks: asyncio.TaskGroup | None = None
@@ -155,7 +202,7 @@ class Hub:
         existing = self._feeds.get(ref)
         if existing is not None:  # another subscriber opened it while we awaited
             return existing
-        feed = Feed(ref, head, self._capacity)
+        feed = Feed(ref, head, self._capacity, self._coalesce)
         if self._closing:
             feed.end(closing=True)
         self._feeds[ref] = feed
@@ -173,13 +220,22 @@ class Hub:
         feed.kick.set()
 
     async def _pump(self, feed: Feed) -> None:
+        """Reads the log when kicked or every poll interval; ticks the feed's waiters."""
+        loop = asyncio.get_running_loop()
+        next_poll = next_tick = loop.time()
         try:
             while not feed.gone:
                 with suppress(TimeoutError):
-                    async with asyncio.timeout(self._poll):
+                    async with asyncio.timeout(max(0.0, min(next_poll, next_tick) - loop.time())):
                         await feed.kick.wait()
-                feed.kick.clear()
-                await self._catch_up(feed)
+                now = loop.time()
+                if now >= next_tick:
+                    feed.tick()
+                    next_tick = now + self._tick
+                if feed.kick.is_set() or now >= next_poll:
+                    feed.kick.clear()
+                    await self._catch_up(feed)
+                    next_poll = loop.time() + self._poll
         finally:
             with suppress(Exception):
                 await self._store.unwatch(feed.ref)

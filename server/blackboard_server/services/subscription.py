@@ -11,7 +11,7 @@ revision so the client resumes exactly there.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from blackboard_server.domain import history, limits
@@ -51,6 +51,8 @@ class EventBatch:
     events: tuple[Event, ...]
     # The wire encoding of each event when it is sent whole, else None.
     wire: tuple[bytes | None, ...]
+    # The whole stream message, when every event is sent whole (shared between streams).
+    message: bytes | None = None
 
     @property
     def last_revision(self) -> int:
@@ -97,6 +99,7 @@ class Subscriptions:
         hub: Hub,
         blackboard: BlackboardService,
         encoder: Encoder,
+        batch_encoder: Callable[[Sequence[bytes | None]], bytes],
         limits_: limits.Limits,
         stream: StreamLimits,
     ) -> None:
@@ -104,6 +107,7 @@ class Subscriptions:
         self._hub = hub
         self._blackboard = blackboard
         self._encode = encoder
+        self._encode_batch = batch_encoder
         self._limits = limits_
         self._stream = stream
 
@@ -171,19 +175,18 @@ class Subscriptions:
             if live and lag > self._stream.max_lag:
                 raise SlowSubscriber(cursor, lag)
             events, wire = await self._pending(ref, feed, cursor)
-            if not events:
-                if not await feed.wait(cursor, interval - (time.monotonic() - quiet_since)):
-                    yield Progress(max(cursor, feed.head))
+            if events:
+                batch = self._select(feed, events, wire, options)
+                cursor = events[-1].revision
+                if batch is not None:
+                    yield batch
                     quiet_since = time.monotonic()
-                continue
-            batch = self._select(events, wire, options)
-            cursor = events[-1].revision
-            if batch is not None:
-                yield batch
+                    continue
+            if time.monotonic() - quiet_since >= interval:
+                yield Progress(max(cursor, feed.head))
                 quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= interval:
-                yield Progress(cursor)
-                quiet_since = time.monotonic()
+            if not events:
+                await feed.wait(cursor)
 
     async def _pending(
         self, ref: ConversationRef, feed: Feed, cursor: int
@@ -196,7 +199,7 @@ class Subscriptions:
         return list(events), None
 
     def _select(
-        self, events: list[Event], wire: list[bytes] | None, options: SubscribeOptions
+        self, feed: Feed, events: list[Event], wire: list[bytes] | None, options: SubscribeOptions
     ) -> EventBatch | None:
         chosen: list[Event] = []
         encoded: list[bytes | None] = []
@@ -212,4 +215,9 @@ class Subscriptions:
                 encoded.append(None)
         if not chosen:
             return None
-        return EventBatch(tuple(chosen), tuple(encoded))
+        if len(chosen) < len(events) or None in encoded:
+            return EventBatch(tuple(chosen), tuple(encoded))
+        # Subscribers woken together usually ask for the same range: encode it once.
+        span = (events[0].revision, events[-1].revision)
+        message = feed.encoded_batch(span, lambda: self._encode_batch(encoded))
+        return EventBatch(tuple(chosen), tuple(encoded), message)
