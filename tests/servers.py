@@ -271,9 +271,18 @@ class ServerProcess:
 
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "blackboard_server", "--listen", self.address,
-             "--log-format", "json", *self.args],
-            stdout=log, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "blackboard_server",
+                "--listen",
+                self.address,
+                "--log-format",
+                "json",
+                *self.args,
+            ],
+            stdout=log,
+            stderr=log,
         )
         log.close()
         wait_for(self.serving, 20, f"blackboard-server on {self.port}")
@@ -288,7 +297,8 @@ class ServerProcess:
         with grpc.insecure_channel(self.address) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(), timeout=0.5)
+                    health_pb2.HealthCheckRequest(), timeout=0.5
+                )
             except grpc.RpcError:
                 return False
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

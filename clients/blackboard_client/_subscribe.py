@@ -26,8 +26,8 @@ from types import TracebackType
 from typing import Any
 
 import grpc
-from blackboard.v1 import blackboard_pb2 as pb
 
+from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_client import _convert
 from blackboard_client._errors import BlackboardError, SlowSubscriber, Unavailable, error_from_rpc
 from blackboard_client._model import Entry, Event

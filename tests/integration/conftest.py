@@ -11,11 +11,11 @@ from pathlib import Path
 import grpc
 import pytest
 import uvloop
+
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings
-
 from tests.servers import RedisServer, ServerProcess
 
 ServerFactory = Callable[..., AbstractAsyncContextManager[RunningServer]]

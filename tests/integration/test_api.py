@@ -284,22 +284,24 @@ async def test_reads_at_a_past_revision(stub: Stub, conv: str) -> None:
 
 
 async def test_reads_before_retention_are_out_of_range(make_server: object) -> None:
-    async with make_server(retention=5) as running:  # type: ignore[operator]
-        async with grpc.aio.insecure_channel(running.address) as channel:
-            stub = pb_grpc.BlackboardStub(channel)
-            conv = f"r-{uuid.uuid4().hex[:8]}"
-            await stub.CreateConversation(pb.CreateConversationRequest(id=conv))
-            for i in range(12):
-                await put(stub, conv, "k", str(i))
-            for call in (
-                stub.Get(pb.GetRequest(conversation_id=conv, key="k", revision=2)),
-                stub.History(pb.HistoryRequest(conversation_id=conv, prefix="", from_revision=3)),
-            ):
-                error = await error_of(call)
-                assert error.code() == grpc.StatusCode.OUT_OF_RANGE
-                assert details(error)[0].reason == "REVISION_COMPACTED"
-            recent = await stub.Get(pb.GetRequest(conversation_id=conv, key="k", revision=10))
-            assert recent.entry.value.data == b"9"
+    async with (
+        make_server(retention=5) as running,  # type: ignore[operator]
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        stub = pb_grpc.BlackboardStub(channel)
+        conv = f"r-{uuid.uuid4().hex[:8]}"
+        await stub.CreateConversation(pb.CreateConversationRequest(id=conv))
+        for i in range(12):
+            await put(stub, conv, "k", str(i))
+        for call in (
+            stub.Get(pb.GetRequest(conversation_id=conv, key="k", revision=2)),
+            stub.History(pb.HistoryRequest(conversation_id=conv, prefix="", from_revision=3)),
+        ):
+            error = await error_of(call)
+            assert error.code() == grpc.StatusCode.OUT_OF_RANGE
+            assert details(error)[0].reason == "REVISION_COMPACTED"
+        recent = await stub.Get(pb.GetRequest(conversation_id=conv, key="k", revision=10))
+        assert recent.entry.value.data == b"9"
 
 
 # --- bad input ----------------------------------------------------------------

@@ -8,8 +8,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import blackboard_client as bb
 import pytest
+
+import blackboard_client as bb
 from blackboard_client import sync
 from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings

@@ -10,11 +10,11 @@ from typing import Any
 
 import grpc
 import pytest
+
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings
-
 from tests.integration.conftest import error_of
 from tests.integration.test_api import details, put, value
 from tests.servers import RedisServer, ServerProcess
@@ -173,8 +173,10 @@ async def test_concurrent_cas_increments_and_appends_are_exact(
         recorder = Recorder(stub, pb.SubscribeRequest(conversation_id=conv))
         reading = asyncio.create_task(recorder.read(until=lambda r: len(r.events) >= 6400))
         await wait_until(lambda: recorder.synced is not None)
-        results = await asyncio.gather(*(increment(stub, conv, 200) for _ in range(16)),
-                                       *(append(stub, conv, w, 200) for w in range(16)))
+        results = await asyncio.gather(
+            *(increment(stub, conv, 200) for _ in range(16)),
+            *(append(stub, conv, w, 200) for w in range(16)),
+        )
         got = await stub.Get(pb.GetRequest(conversation_id=conv, key="counter"))
         assert int(got.entry.value.data) == 3200
         assert sum(r for r in results if r) > 0  # the clients really raced
@@ -192,8 +194,9 @@ async def increment(stub: Stub, conv: str, times: int) -> int:
             got = await stub.Get(pb.GetRequest(conversation_id=conv, key="counter"))
             n = int(got.entry.value.data)
             try:
-                await put(stub, conv, "counter", str(n + 1),
-                          expect=pb.Expect(version=got.entry.version))
+                await put(
+                    stub, conv, "counter", str(n + 1), expect=pb.Expect(version=got.entry.version)
+                )
                 break
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -206,17 +209,24 @@ async def increment(stub: Stub, conv: str, times: int) -> int:
 
 async def append(stub: Stub, conv: str, worker: int, times: int) -> None:
     for i in range(times):
-        await stub.Append(pb.AppendRequest(conversation_id=conv, key="log",
-                                           value=value(f"{worker}:{i}")))
+        await stub.Append(
+            pb.AppendRequest(conversation_id=conv, key="log", value=value(f"{worker}:{i}"))
+        )
 
 
 async def count(stub: Stub, conv: str, prefix: str) -> int:
     total = 0
     token = ""
     while True:
-        page = await stub.Range(pb.RangeRequest(conversation_id=conv, prefix=prefix,
-                                                page_size=1000, keys_only=True,
-                                                page_token=token))
+        page = await stub.Range(
+            pb.RangeRequest(
+                conversation_id=conv,
+                prefix=prefix,
+                page_size=1000,
+                keys_only=True,
+                page_token=token,
+            )
+        )
         total += len(page.entries)
         token = page.next_page_token
         if not token:

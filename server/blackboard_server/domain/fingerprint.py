@@ -34,7 +34,14 @@ def _parts(batch: WriteBatch) -> Iterator[bytes | str | int]:
     if batch.fence is not None:
         yield from (batch.fence.mark, batch.fence.token)
     if (record := batch.coordination) is not None:
-        yield from ("coordination", record.kind, record.agent_id, record.session_id,
-                    record.name, record.token, record.value)
+        yield from (
+            "coordination",
+            record.kind,
+            record.agent_id,
+            record.session_id,
+            record.name,
+            record.token,
+            record.value,
+        )
     for mark, token in batch.marks:
         yield from ("mark", mark, token)
