@@ -1,4 +1,5 @@
-"""`make bench`: unary Put against a bare grpc.aio echo, and change-stream fan-out.
+"""`make bench`: unary Put against a bare grpc.aio echo, change-stream fan-out, and
+lock latencies.
 
 One run, one real redis-server (started here, in a temp dir), the Blackboard
 server in its own process, clients on uvloop with the raw generated stubs:
@@ -11,7 +12,14 @@ server in its own process, clients on uvloop with the raw generated stubs:
    loop: each write has an intended send time, so a stall shows up as lag
    instead of being hidden) while `--subscribers` Subscribe streams in separate
    processes (tests/bench_subscriber.py) check that they get every revision
-   once, in order.
+   once, in order;
+4. coordination (tests/bench_locks.py): a second Blackboard server, on the same
+   redis-server and on one etcd member (on disk, in the temp dir): lock acquire +
+   release round trips and lock hand-offs between two sessions, next to etcd's
+   own v3lock hand-off on the same etcd. A second server rather than etcd under
+   the first one, so that put and fan-out are measured as before, without the
+   etcd coordinator's background work (replica lease, shard elections) or an
+   etcd process on the cores.
 
 Prints a table and writes bench-results/latest.json (and the server's log next
 to it). Every process shares the machine: the table says how much CPU each used
@@ -41,7 +49,7 @@ import grpc
 
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
-from tests import bench_echo
+from tests import bench_echo, bench_locks
 from tests.bench_common import (
     CALL_TIMEOUT_S,
     VALUE,
@@ -54,7 +62,7 @@ from tests.bench_common import (
 from tests.bench_fanout import run_fanout
 from tests.bench_profile import Profiler
 from tests.bench_report import print_table, rows
-from tests.servers import RedisServer, free_port, require
+from tests.servers import EtcdCluster, RedisServer, free_port, require
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench-results" / "latest.json"
@@ -191,6 +199,48 @@ async def phase(name: str, work: Awaitable[dict[str, Any]]) -> dict[str, Any]:
         return {"error": f"{type(error).__name__}: {error}"[:2000]}
 
 
+async def run_coordination(
+    args: argparse.Namespace, tmp: Path, redis: RedisServer | None
+) -> dict[str, Any]:
+    cluster = EtcdCluster(tmp / "etcd", size=1)
+    flags = bench_locks.server_flags(cluster.endpoints)
+    server, address = blackboard_server("blackboard-server-coordination", tmp, redis, *flags)
+    try:
+        await asyncio.to_thread(cluster.start)
+        server.start()
+        await server.wait_serving(address)
+        pids = {"server": server.pid, **_pid("etcd", cluster.members[0].proc)}
+        if redis is not None:
+            pids.update(_pid("redis", redis.proc))
+        began = time.monotonic()
+        async with asyncio.timeout(args.lock_timeout):
+            result = await bench_locks.run_locks(args, address, cluster.endpoints, pids)
+        result["took_s"] = round(time.monotonic() - began, 1)
+        result["etcd"] = f"{etcd_version()}, 1 member, data on disk"
+        if server.proc is not None and server.proc.poll() is not None:
+            result["server_died"] = server.log_tail()
+        return result
+    finally:
+        server.stop()
+        cluster.stop()
+        if server.log_path.exists():
+            shutil.copyfile(server.log_path, RESULTS.parent / "server-coordination.log")
+
+
+def blackboard_server(
+    name: str, tmp: Path, redis: RedisServer | None, *flags: str
+) -> tuple[ServerProcess, str]:
+    address = f"127.0.0.1:{free_port()}"
+    args = ["-m", "blackboard_server", "--listen", address, "--log-format", "json", *flags]
+    if redis is not None:
+        args += ["--redis-url", redis.url]
+    return ServerProcess(name, args, tmp), address
+
+
+def _pid(name: str, proc: subprocess.Popen[bytes] | None) -> dict[str, int]:
+    return {} if proc is None else {name: proc.pid}
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -208,32 +258,43 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmp_name)
         result["echo"] = await phase("echo", run_echo(args, tmp, profiler))
         redis = RedisServer(tmp / "redis") if args.store == "redis" else None
-        address = f"127.0.0.1:{free_port()}"
-        server_args = ["-m", "blackboard_server", "--listen", address, "--log-format", "json"]
         if redis is not None:
             redis.start()
             result["redis"] = redis_version()
-            server_args += ["--redis-url", redis.url]
-        server = ServerProcess("blackboard-server", server_args, tmp)
         try:
-            server.start()
-            await server.wait_serving(address)
-            pids = {"server": server.pid}
-            if redis is not None and redis.proc is not None:
-                pids["redis"] = redis.proc.pid
-            result["put"] = await phase("put", run_put(args, address, pids, profiler))
-            result["fanout"] = await phase("fan-out", run_fanout(args, address, pids, profiler))
-            if server.proc is not None and server.proc.poll() is not None:
-                result["server_died"] = server.log_tail()
+            await run_data_phases(args, tmp, redis, profiler, result)
+            result["coordination"] = await phase("coordination", run_coordination(args, tmp, redis))
         finally:
-            await profiler.wait()
-            server.stop()
             if redis is not None:
                 redis.stop()
-            # Keep the server's log next to the results: it says what failed, if anything.
-            shutil.copyfile(server.log_path, RESULTS.parent / "server.log")
     result["profile"] = profiler.summaries()
     return result
+
+
+async def run_data_phases(
+    args: argparse.Namespace,
+    tmp: Path,
+    redis: RedisServer | None,
+    profiler: Profiler,
+    result: dict[str, Any],
+) -> None:
+    """put and fan-out, on one server."""
+    server, address = blackboard_server("blackboard-server", tmp, redis)
+    try:
+        server.start()
+        await server.wait_serving(address)
+        pids = {"server": server.pid}
+        if redis is not None:
+            pids.update(_pid("redis", redis.proc))
+        result["put"] = await phase("put", run_put(args, address, pids, profiler))
+        result["fanout"] = await phase("fan-out", run_fanout(args, address, pids, profiler))
+        if server.proc is not None and server.proc.poll() is not None:
+            result["server_died"] = server.log_tail()
+    finally:
+        await profiler.wait()
+        server.stop()
+        # Keep the server's log next to the results: it says what failed, if anything.
+        shutil.copyfile(server.log_path, RESULTS.parent / "server.log")
 
 
 def redis_version() -> str:
@@ -241,6 +302,14 @@ def redis_version() -> str:
         [require("redis-server"), "--version"], capture_output=True, text=True, check=False
     )
     return out.stdout.strip()
+
+
+def etcd_version() -> str:
+    out = subprocess.run(
+        [require("etcd"), "--version"], capture_output=True, text=True, check=False
+    )
+    first = out.stdout.splitlines()[0] if out.stdout else "etcd"
+    return " ".join(first.replace("Version:", "").split())
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -255,6 +324,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fanout-procs", type=int, default=2, help="subscriber processes")
     p.add_argument("--fanout-channels", type=int, default=5, help="channels per process")
     p.add_argument("--fanout-duration", type=float, default=10.0)
+    p.add_argument("--lock-rounds", type=int, default=300, help="acquire + release round trips")
+    p.add_argument("--lock-handoffs", type=int, default=100, help="hand-offs per case")
+    p.add_argument(
+        "--lock-settle-ms",
+        type=int,
+        default=200,
+        help="the second hand-off case: how long the waiter has waited before the release",
+    )
+    p.add_argument(
+        "--lock-timeout", type=float, default=150.0, help="seconds the coordination phase may take"
+    )
     p.add_argument(
         "--wait-quiet",
         type=float,
@@ -287,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(result, rows(result))
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")
-    return 1 if any("error" in result.get(k, {}) for k in ("echo", "put", "fanout")) else 0
+    phases = ("echo", "put", "fanout", "coordination")
+    return 1 if any("error" in result.get(k, {}) for k in phases) else 0
 
 
 if __name__ == "__main__":

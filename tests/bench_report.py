@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 NOISY_PCT = 25.0  # CPU of one core used by others during a phase before we warn
+HANDOFF_P50_MS = 10.0  # the roadmap's target for a lock hand-off through the server
+PHASES = ("echo", "put", "fanout", "coordination")
 
 
 @dataclass(frozen=True)
@@ -19,7 +21,11 @@ class Row:
 
 
 def rows(r: dict[str, Any]) -> list[Row]:
-    return [*_unary_rows(r["echo"], r.get("put", {})), *_fanout_rows(r.get("fanout", {}))]
+    return [
+        *_unary_rows(r["echo"], r.get("put", {})),
+        *_fanout_rows(r.get("fanout", {})),
+        *_coordination_rows(r.get("coordination", {})),
+    ]
 
 
 def _unary_rows(echo: dict[str, Any], put: dict[str, Any]) -> list[Row]:
@@ -78,6 +84,29 @@ def _fanout_rows(fan: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _coordination_rows(co: dict[str, Any]) -> list[Row]:
+    if "acquire_release" not in co:
+        return [Row("coordination", "ERROR", "runs", False)]
+    table = [Row("lock acquire+release p50 / p99 ms", _pair(co["acquire_release"]))]
+    for case in co["handoff"]:
+        when = f"after {case['settle_ms']} ms" if case["settle_ms"] else "at once"
+        server = case["server"]
+        table += [
+            Row(
+                f"lock hand-off ({when}) p50 / p99 ms",
+                _pair(server),
+                f"p50 <= {HANDOFF_P50_MS:g}",
+                server["p50_ms"] <= HANDOFF_P50_MS,
+            ),
+            Row(f"etcd v3lock hand-off ({when}) p50/p99", _pair(case["etcd_v3lock"])),
+            Row(
+                f"hand-off p50 server / v3lock ({when})",
+                f"{case['p50_ratio_server_to_v3lock']:.2f}",
+            ),
+        ]
+    return table
+
+
 def _pair(summary: dict[str, float | int]) -> str:
     return f"{summary['p50_ms']:.2f} / {summary['p99_ms']:.2f}"
 
@@ -113,6 +142,13 @@ def print_table(r: dict[str, Any], table: list[Row]) -> None:
         f"{s['fanout_channels']} channels each; 1 writer, {s['rate']:g} puts/s open loop "
         f"for {s['fanout_duration']:g} s; histograms: {m['histogram']}"
     )
+    co = r.get("coordination", {})
+    print(
+        f"coordination: a second server on {r['store']} + {co.get('etcd', 'etcd')}; "
+        f"{s['lock_rounds']} acquire+release rounds; {s['lock_handoffs']} hand-offs per case, "
+        f"the holder releasing at once or {s['lock_settle_ms']} ms after the waiter's claim is "
+        "in etcd; v3lock in blocks interleaved with them"
+    )
     print(
         f"machine busy before start: {r['machine_busy_before_start_pct']:g}% of one core "
         f"(waited {r['waited_for_quiet_s']:g} s for it to be quiet)"
@@ -135,7 +171,7 @@ def print_table(r: dict[str, Any], table: list[Row]) -> None:
             f"{x.target.ljust(widths[2])}  {result}".rstrip()
         )
     print()
-    for name in ("echo", "put", "fanout"):
+    for name in PHASES:
         phase = r.get(name, {})
         if "error" in phase:
             print(f"{name} error: {phase['error']}")
@@ -154,7 +190,7 @@ def print_table(r: dict[str, Any], table: list[Row]) -> None:
         )
         for left, right in itertools.zip_longest(summary["own"][:8], summary["inclusive"][:8]):
             print(f"  {_cell(left):66}  | {_cell(right)}".rstrip())
-    for name in ("echo", "put", "fanout"):
+    for name in PHASES:
         other = r.get(name, {}).get("cpu_pct_of_one_core", {}).get("other", 0.0)
         if other > NOISY_PCT:
             print(
@@ -165,8 +201,9 @@ def print_table(r: dict[str, Any], table: list[Row]) -> None:
             busiest = r[name].get("busiest_other_processes", [])
             named = ", ".join(f"{n} {p:g}%" for n, p in busiest)
             print(f"  busiest others: {named or 'none lived through the phase'}")
-    if "server_died" in r:
-        print(f"the server died:\n{r['server_died']}")
+    for where in (r, r.get("coordination", {})):
+        if "server_died" in where:
+            print(f"the server died:\n{where['server_died']}")
 
 
 def _cell(item: tuple[float, str] | None) -> str:
