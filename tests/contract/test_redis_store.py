@@ -23,6 +23,7 @@ from blackboard_server.domain.fingerprint import fingerprint
 from blackboard_server.domain.model import (
     CommitResult,
     ConversationRef,
+    Delete,
     Event,
     Fence,
     FenceKind,
@@ -213,3 +214,33 @@ async def test_a_conversation_keeps_its_keys_under_one_hash_tag(own_redis: Redis
         assert [i for i, _ in await admin.xrange(log)] == [b"4-0", b"5-0", b"6-0"]
         assert await admin.hmget("lay:{acme/conv-1}:m", ["rev", "compact"]) == [b"6", b"3"]
         assert await admin.zscore("lay:ttl", "acme/conv-1") == 60_002
+
+
+async def test_the_binding_index_holds_exactly_the_bound_entries(own_redis: RedisServer) -> None:
+    """Stale members would be filtered out when a session ends, so only the layout shows a leak."""
+    async with await RedisStore.connect(own_redis.url, prefix="bind") as store:
+        ref = ConversationRef("acme", "conv-1")
+        await store.create_conversation(ref, {}, 0, 1)
+
+        async def write(now: int, *ops: Put | Delete) -> None:
+            batch = WriteBatch((), ops)
+            await store.commit(ref, batch, fingerprint(batch), now)
+
+        await write(2, Put("a", b"", session_id="s1"), Put("b", b"", session_id="s1"))
+        await write(3, Put("b", b"unbound"), Put("c", b"", session_id="s1"))
+        await write(4, Put("c", b"rebound", session_id="s2"), Put("d", b"", session_id="s1"))
+        await write(5, Delete("d"), Put("t", b"", ttl_ms=5, session_id="s1"))
+        await write(6, Put("x/k", b"", session_id="s"), Put("k", b"", session_id="s/x"))
+        assert await store.expire_due(10, 10) == 1
+        members = sorted([b"s1\x00a", b"s2\x00c", b"s\x00x/k", b"s/x\x00k"])
+        async with Redis.from_url(own_redis.url) as admin:
+            assert sorted(await admin.zrange("bind:{acme/conv-1}:b", 0, -1)) == members
+
+            ended = session_ended(SessionInfo(ref, "s1", "agent", 1), expired=False)
+            await store.commit(ref, ended, fingerprint(ended), 20)
+            assert sorted(await admin.zrange("bind:{acme/conv-1}:b", 0, -1)) == [
+                m for m in members if not m.startswith(b"s1\x00")
+            ]
+            assert await admin.zrange("bind:{acme/conv-1}:e", 0, -1, withscores=True) == [
+                (b"s1", 20.0)
+            ]

@@ -12,7 +12,7 @@ import pytest
 
 from blackboard_server.domain import coordination
 from blackboard_server.domain.coordination import Holder, SessionInfo
-from blackboard_server.domain.errors import Fenced, SessionNotFound
+from blackboard_server.domain.errors import Fenced, RequestIdReused, SessionNotFound
 from blackboard_server.domain.model import (
     Change,
     ChangeType,
@@ -31,7 +31,7 @@ from blackboard_server.domain.model import (
     WriteBatch,
 )
 from blackboard_server.ports import StateStore
-from tests.contract.test_store_contract import DAY_MS, T, everything, txn, write
+from tests.contract.test_store_contract import DAY_MS, Heard, T, everything, txn, write
 
 
 def holder(ref: ConversationRef, token: int, kind: FenceKind = FenceKind.LOCK) -> Holder:
@@ -201,3 +201,97 @@ async def test_sessions_whose_ids_nest_keep_their_own_entries(
     ended = coordination.session_ended(SessionInfo(ref, "s/x", "agent", 1), expired=False)
     await txn(store, ref, ended)
     assert [e.key for e in (await store.read(ref, "", "", 10)).entries] == ["k"]
+
+
+# --- the same record twice -----------------------------------------------------------
+
+
+async def test_a_hold_ends_once_whichever_replica_records_it(
+    store: StateStore, ref: ConversationRef
+) -> None:
+    await txn(store, ref, coordination.acquired(holder(ref, 5)))
+    released = coordination.ended(holder(ref, 5), expired=False)
+    first = await txn(store, ref, released)
+    assert first == CommitResult(True, 2, ())
+    before = await everything(store, ref)
+    assert await txn(store, ref, released, now=T + 1) == dataclasses.replace(first, replayed=True)
+    expired = coordination.ended(holder(ref, 5), expired=True)
+    assert expired.request_id == released.request_id
+    with pytest.raises(RequestIdReused):
+        await txn(store, ref, expired, now=T + 2)
+    assert await everything(store, ref) == before
+    (event,), _ = await store.events(ref, 2, 2, 1)
+    assert event.coordination == Coordination(
+        CoordinationKind.LOCK_RELEASED, "agent-1", "s1", "job", 5
+    )
+    with pytest.raises(Fenced) as refused:
+        await write(store, ref, Put("k", b"late"), fence=lock(5))
+    assert refused.value.current_token == 6
+
+    # The next holder writes once its acquisition is recorded, and only then.
+    with pytest.raises(Fenced):
+        await write(store, ref, Put("k", b"early"), fence=lock(8))
+    await txn(store, ref, coordination.acquired(holder(ref, 8)))
+    assert (await write(store, ref, Put("k", b"8"), fence=lock(8))).revision == 4
+    with pytest.raises(Fenced) as refused:
+        await write(store, ref, Put("k", b"late"), fence=lock(5))
+    assert refused.value.current_token == 8
+
+
+async def test_late_and_replayed_records_never_lower_a_mark(
+    store: StateStore, ref: ConversationRef
+) -> None:
+    acquired_9 = coordination.acquired(holder(ref, 9))
+    await txn(store, ref, acquired_9)
+    await txn(store, ref, coordination.ended(holder(ref, 5), expired=True))  # recorded late
+    assert (await write(store, ref, Put("k", b"9"), fence=lock(9))).succeeded
+    await txn(store, ref, coordination.ended(holder(ref, 9), expired=False))
+    replayed = await txn(store, ref, acquired_9)
+    assert replayed.replayed and replayed.revision == 1
+    with pytest.raises(Fenced) as refused:
+        await write(store, ref, Put("k", b"9 again"), fence=lock(9))
+    assert refused.value.current_token == 10
+
+
+async def test_a_session_ends_once_whichever_replica_records_it(
+    store: StateStore, ref: ConversationRef
+) -> None:
+    await write(store, ref, Put("k", b"", session_id="s1"))
+    session = SessionInfo(ref, "s1", "agent-1", 10_000)
+    left = coordination.session_ended(session, expired=False)
+    first = await txn(store, ref, left)
+    assert first == CommitResult(True, 2, ())
+    (event,), _ = await store.events(ref, 2, 2, 1)
+    assert event.coordination == Coordination(CoordinationKind.AGENT_LEFT, "agent-1", "s1")
+    assert [(c.type, c.key) for c in event.changes] == [(ChangeType.DELETE, "k")]
+
+    before = await everything(store, ref)
+    assert await txn(store, ref, left, now=T + 1) == dataclasses.replace(first, replayed=True)
+    with pytest.raises(RequestIdReused):
+        await txn(store, ref, coordination.session_ended(session, expired=True), now=T + 2)
+    assert await everything(store, ref) == before
+
+
+# --- notifications -------------------------------------------------------------------
+
+
+async def test_listeners_hear_coordination_records(store: StateStore, ref: ConversationRef) -> None:
+    heard = Heard()
+    store.listen(heard)
+    await store.watch(ref)
+    await write(store, ref, Put("k", b"", session_id="s1"))
+    await txn(store, ref, coordination.acquired(holder(ref, 3)))
+    session = SessionInfo(ref, "s1", "agent-1", 10_000)
+    await txn(store, ref, coordination.session_ended(session, expired=True))
+
+    def delivered() -> list[Event]:
+        return [e for r, e in heard.calls if r == ref and e is not None and e.revision > 1]
+
+    await heard.until(lambda: len(delivered()) == 2)
+    logged, _ = await store.events(ref, 2, 3, 10)
+    assert delivered() == list(logged)
+    assert [e.coordination.kind for e in delivered() if e.coordination] == [
+        CoordinationKind.LOCK_ACQUIRED,
+        CoordinationKind.AGENT_EXPIRED,
+    ]
+    await store.unwatch(ref)

@@ -8,6 +8,7 @@ retained events must be identical after every step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,7 +57,7 @@ values = st.sampled_from([b"", b"\x00", b"m", b"m\x00", b"\xff", b"\xc3\xa9"]) |
 )
 ttls = st.sampled_from([0, 0, 100, 300, 700])
 # "s" binding "a/b" and "s/a" binding "b" must stay two different bindings.
-sessions = st.sampled_from(["s", "s/a"])
+sessions = st.sampled_from(["s", "s/a", "t"])
 puts = st.builds(
     Put, keys, values, st.sampled_from(["", "text/plain"]), ttls, st.just("") | sessions
 )
@@ -95,6 +96,7 @@ class StoresAgree(RuleBasedStateMachine):
         self.ref = ConversationRef("eq", uuid.uuid4().hex)
         self.now = 1_000
         self.sent: list[WriteBatch] = []
+        self.holders: list[Holder] = []  # acquisitions sent, to end and to write under
         self.both(lambda s: s.create_conversation(self.ref, {"m": "1"}, 0, self.now))
 
     def teardown(self) -> None:
@@ -171,7 +173,22 @@ class StoresAgree(RuleBasedStateMachine):
     @rule(kind=fence_kinds, name=fence_names, token=tokens, session=sessions, tick=ticks)
     def acquire(self, kind: FenceKind, name: str, token: int, session: str, tick: int) -> None:
         holder = Holder(self.ref, kind, name, session, "agent", token, b"v")
+        self.holders.append(holder)
         self.commit(coordination.acquired(holder), tick)
+
+    @precondition(lambda self: bool(self.holders))
+    @rule(data=st.data(), offset=st.sampled_from([0, 0, 0, -1, 1]), tick=ticks)
+    def write_as_a_holder(self, data: st.DataObject, offset: int, tick: int) -> None:
+        """A fenced write with a recorded token (current, ended or outbid), or one off it."""
+        holder = data.draw(st.sampled_from(self.holders))
+        fence = Fence(holder.kind, holder.name, max(1, holder.token + offset))
+        self.commit(dataclasses.replace(self.batch(data, ()), fence=fence), tick)
+
+    @precondition(lambda self: bool(self.holders))
+    @rule(data=st.data(), expired=st.booleans(), tick=ticks)
+    def end_a_recorded_hold(self, data: st.DataObject, expired: bool, tick: int) -> None:
+        holder = data.draw(st.sampled_from(self.holders))
+        self.commit(coordination.ended(holder, expired=expired), tick)
 
     @rule(
         kind=fence_kinds,
@@ -188,8 +205,12 @@ class StoresAgree(RuleBasedStateMachine):
     def bind(self, key: str, session: str, tick: int) -> None:
         self.commit(WriteBatch((), (Put(key, b"bound", session_id=session),)), tick)
 
-    @rule(session=sessions, expired=st.booleans(), tick=ticks)
-    def end_session(self, session: str, expired: bool, tick: int) -> None:
+    @rule(data=st.data(), expired=st.booleans(), tick=ticks)
+    def end_session(self, data: st.DataObject, expired: bool, tick: int) -> None:
+        """Mostly a session that has entries bound to it, for its end to delete."""
+        snapshot = self.loop.run_until_complete(self.memory.read(self.ref, "", "", 1_000))
+        bound = sorted({e.session_id for e in snapshot.entries if e.session_id})
+        session = data.draw(st.sampled_from(bound) | sessions if bound else sessions)
         info = SessionInfo(self.ref, session, "agent", 1_000)
         self.commit(coordination.session_ended(info, expired=expired), tick)
 

@@ -6,14 +6,22 @@ from collections.abc import Callable
 
 import pytest
 
+from blackboard_server.domain import coordination
 from blackboard_server.domain.commit import Plan, check_fence, compare_holds, plan
-from blackboard_server.domain.errors import Fenced
+from blackboard_server.domain.coordination import Holder, SessionInfo
+from blackboard_server.domain.errors import Fenced, SessionNotFound
 from blackboard_server.domain.model import (
     AppendChild,
+    Change,
     ChangeType,
     Compare,
+    ConversationRef,
+    Coordination,
+    CoordinationKind,
     Delete,
+    DeleteSessionEntries,
     Entry,
+    Event,
     Fence,
     FenceKind,
     KeyState,
@@ -127,10 +135,11 @@ def run(
     head: int = 10,
     compares: tuple[Compare, ...] = (),
     failure: tuple[Op, ...] = (),
+    fence_mark: int = 0,
     **batch: object,
 ) -> Plan:
     write = WriteBatch(compares, ops, failure, **batch)  # type: ignore[arg-type]
-    return plan(write, head=head, lookup=lookup_of(*state), fence_mark=0, now_ms=NOW)
+    return plan(write, head=head, lookup=lookup_of(*state), fence_mark=fence_mark, now_ms=NOW)
 
 
 def test_a_put_of_a_new_key_creates_version_1_at_the_next_revision() -> None:
@@ -303,12 +312,62 @@ def test_a_stale_fence_raises_before_any_compare_is_looked_at() -> None:
     assert raised.value.metadata == {"fence": "lock:writer", "token": "5", "current_token": "6"}
 
 
-@pytest.mark.parametrize("mark", [0, 4, 5])
-def test_an_equal_or_newer_token_passes(mark: int) -> None:
+def test_the_current_holders_token_passes_and_leaves_the_plan_as_without_a_fence() -> None:
     fence = Fence(FenceKind.ELECTION, "leader", 5)
     batch = WriteBatch((), (Put("k", b""),), fence=fence)
-    p = plan(batch, head=1, lookup=lookup_of(), fence_mark=mark, now_ms=NOW)
+    p = plan(batch, head=1, lookup=lookup_of(), fence_mark=5, now_ms=NOW)
     assert p.event is not None and p.event.revision == 2
+    assert p.event.provenance.fence == fence
+    check_fence(fence, 5)
+
+
+@pytest.mark.parametrize(
+    "mark",
+    [
+        pytest.param(0, id="never-recorded"),
+        pytest.param(4, id="newer-than-recorded"),
+        pytest.param(6, id="stale"),
+        pytest.param(10**12, id="far-newer-recorded"),
+    ],
+)
+def test_any_other_token_is_fenced_and_reports_the_recorded_one(mark: int) -> None:
+    fence = Fence(FenceKind.LOCK, "job", 5)
+    batch = WriteBatch((), (Delete("absent"),), fence=fence)
+    with pytest.raises(Fenced) as raised:
+        plan(batch, head=1, lookup=lookup_of(), fence_mark=mark, now_ms=NOW)
+    assert raised.value.current_token == mark
+    assert raised.value.metadata == {"fence": "lock:job", "token": "5", "current_token": str(mark)}
+    with pytest.raises(Fenced):
+        check_fence(fence, mark)
+
+
+def test_a_fence_is_checked_before_sessions_are_looked_at() -> None:
+    asked: list[str] = []
+
+    def ended(session_id: str) -> bool:
+        asked.append(session_id)
+        return True
+
+    def keys(session_id: str) -> list[str]:
+        asked.append(session_id)
+        return ["k"]
+
+    batch = WriteBatch(
+        (),
+        (DeleteSessionEntries("s0"), Put("k", b"", session_id="s1")),
+        fence=Fence(FenceKind.LOCK, "job", 2),
+    )
+    with pytest.raises(Fenced):
+        plan(
+            batch,
+            head=1,
+            lookup=lookup_of(ENTRY),
+            fence_mark=3,
+            now_ms=NOW,
+            session_keys=keys,
+            session_ended=ended,
+        )
+    assert asked == []
 
 
 def test_a_write_without_a_fence_ignores_fence_marks() -> None:
@@ -339,6 +398,7 @@ def test_provenance_is_carried_into_the_event_and_every_entry() -> None:
         session_id="sess-1",
         request_id="req-1",
         fence=fence,
+        fence_mark=3,
     )
     expected = Provenance("agent-1", "sess-1", "req-1", fence, NOW)
     assert p.event is not None
@@ -348,3 +408,155 @@ def test_provenance_is_carried_into_the_event_and_every_entry() -> None:
     assert all(e.provenance == expected for e in entries)
     # The deleted entry keeps the provenance of the write that made it.
     assert p.event.changes[2].previous == ENTRY
+
+
+# --- plan: coordination records --------------------------------------------------
+
+REF = ConversationRef("t", "c")
+RECORD = Coordination(CoordinationKind.LOCK_ACQUIRED, "agent-1", "sess-1", "job", 7, b"v")
+
+
+def test_a_coordination_record_alone_commits_an_event_that_carries_it() -> None:
+    p = run(head=4, coordination=RECORD, agent_id="agent-1", session_id="sess-1")
+    assert p.succeeded and p.results == () and p.compared == () and p.ended_sessions == ()
+    assert p.event == Event(5, NOW, Provenance("agent-1", "sess-1", "", None, NOW), (), RECORD)
+
+
+def test_a_coordination_record_commits_even_when_its_compares_fail() -> None:
+    p = run(
+        Put("a", b""),
+        compares=(Compare("a", Target.VERSION, EQ, 9),),
+        head=4,
+        coordination=RECORD,
+    )
+    assert not p.succeeded and p.compared == (KeyState("a", 0, 0),)
+    assert p.event is not None
+    assert (p.event.revision, p.event.changes, p.event.coordination) == (5, (), RECORD)
+
+
+def test_a_coordination_record_shares_its_event_with_the_changes() -> None:
+    p = run(Put("a", b"1"), Delete("missing"), head=2, coordination=RECORD)
+    assert p.event is not None and p.event.coordination == RECORD
+    assert [(c.type, c.key) for c in p.event.changes] == [(ChangeType.PUT, "a")]
+    assert p.results == (OpResult("a", 1, 3), OpResult("missing", 0, 0))
+
+
+def test_data_writes_carry_no_coordination_record() -> None:
+    p = run(Put("a", b""))
+    assert p.event is not None and p.event.coordination is None
+
+
+@pytest.mark.parametrize("expired", [False, True])
+@pytest.mark.parametrize("kind", list(FenceKind))
+def test_the_records_of_a_hold_are_events_whatever_the_fence_mark(
+    kind: FenceKind, expired: bool
+) -> None:
+    holder = Holder(REF, kind, "job", "sess-1", "agent-1", 7, b"value")
+    # Marks are the store's bookkeeping: plan neither checks nor needs them.
+    for batch in (coordination.acquired(holder), coordination.ended(holder, expired=expired)):
+        p = plan(batch, head=0, lookup=lookup_of(), fence_mark=99, now_ms=NOW)
+        assert p.event is not None and p.event.coordination == batch.coordination
+        assert p.event.changes == () and p.event.provenance.request_id == batch.request_id
+
+
+# --- plan: session-bound entries -----------------------------------------------
+
+BOUND_A = Entry("a", b"1", "", 1, 1, 1, session_id="s1")
+BOUND_B = Entry("b/x", b"2", "", 2, 1, 3, session_id="s1")
+OTHER = Entry("c", b"3", "", 1, 2, 2, session_id="s2")
+UNBOUND = Entry("d", b"4", "", 2, 2, 4)
+
+
+def ended_with(
+    batch: WriteBatch,
+    bound: dict[str, list[str]],
+    *,
+    ended: frozenset[str] = frozenset(),
+    asked: list[str] | None = None,
+) -> Plan:
+    """Plans `batch` with a binding index `bound` (session -> keys, possibly stale)."""
+
+    def session_keys(session_id: str) -> list[str]:
+        if asked is not None:
+            asked.append(f"keys:{session_id}")
+        return bound.get(session_id, [])
+
+    def session_ended(session_id: str) -> bool:
+        if asked is not None:
+            asked.append(f"ended:{session_id}")
+        return session_id in ended
+
+    return plan(
+        batch,
+        head=10,
+        lookup=lookup_of(BOUND_A, BOUND_B, OTHER, UNBOUND),
+        fence_mark=0,
+        now_ms=NOW,
+        session_keys=session_keys,
+        session_ended=session_ended,
+    )
+
+
+def test_a_session_end_deletes_the_entries_still_bound_to_it_in_key_order() -> None:
+    # The index may be behind: "gone" no longer exists, "c" and "d" were rebound.
+    bound = {"s1": ["gone", "b/x", "d", "c", "a"], "s2": ["c"]}
+    asked: list[str] = []
+    p = ended_with(WriteBatch((), (DeleteSessionEntries("s1"),)), bound, asked=asked)
+    assert asked == ["keys:s1"]
+    assert p.succeeded and p.results == () and p.ended_sessions == ("s1",)
+    assert p.event is not None and p.event.revision == 11 and p.event.coordination is None
+    assert p.event.changes == (
+        Change(ChangeType.DELETE, "a", None, BOUND_A),
+        Change(ChangeType.DELETE, "b/x", None, BOUND_B),
+    )
+
+
+def test_a_session_end_with_nothing_bound_commits_only_with_a_record() -> None:
+    bare = ended_with(WriteBatch((), (DeleteSessionEntries("s9"),)), {})
+    assert bare.event is None and bare.results == ()
+    left = coordination.session_ended(SessionInfo(REF, "s9", "agent-9", 1_000), expired=False)
+    p = ended_with(left, {})
+    assert p.ended_sessions == ("s9",)
+    record = Coordination(CoordinationKind.AGENT_LEFT, "agent-9", "s9")
+    provenance = Provenance("agent-9", "s9", left.request_id, None, NOW)
+    assert p.event == Event(11, NOW, provenance, (), record)
+
+
+def test_a_session_end_record_deletes_the_bound_entries_in_its_own_event() -> None:
+    info = SessionInfo(REF, "s2", "agent-2", 1_000)
+    p = ended_with(coordination.session_ended(info, expired=True), {"s2": ["c"]})
+    assert p.ended_sessions == ("s2",)
+    assert p.event is not None
+    assert p.event.coordination == Coordination(CoordinationKind.AGENT_EXPIRED, "agent-2", "s2")
+    assert p.event.changes == (Change(ChangeType.DELETE, "c", None, OTHER),)
+
+
+def test_session_ends_follow_the_branch_that_applies() -> None:
+    asked: list[str] = []
+    compares = (Compare("a", Target.VERSION, EQ, 5),)
+    batch = WriteBatch(compares, (DeleteSessionEntries("s1"),), (DeleteSessionEntries("s2"),))
+    p = ended_with(batch, {"s1": ["a", "b/x"], "s2": ["c"]}, asked=asked)
+    assert asked == ["keys:s2"]
+    assert not p.succeeded and p.ended_sessions == ("s2",)
+    assert p.event is not None and [c.key for c in p.event.changes] == ["c"]
+
+
+def test_only_puts_bound_to_a_session_ask_whether_it_ended() -> None:
+    asked: list[str] = []
+    batch = WriteBatch(
+        (), (Put("n", b""), AppendChild("log", b""), Delete("a"), Put("m", b"", session_id="s3"))
+    )
+    p = ended_with(batch, {}, ended=frozenset({"s1"}), asked=asked)
+    assert asked == ["ended:s3"]
+    assert p.event is not None and p.ended_sessions == ()
+    assert [c.entry.session_id for c in p.event.changes if c.entry] == ["", "", "s3"]
+
+
+def test_a_put_bound_to_an_ended_session_fails_the_whole_batch() -> None:
+    batch = WriteBatch((), (Put("n", b""), Put("m", b"", session_id="s1")))
+    with pytest.raises(SessionNotFound) as raised:
+        ended_with(batch, {}, ended=frozenset({"s1"}))
+    assert raised.value.metadata == {"session": "s1"}
+    # On the branch that does not apply it is never looked at.
+    guarded = WriteBatch((Compare("a", Target.VERSION, EQ, 1),), (Put("n", b""),), batch.success)
+    assert ended_with(guarded, {}, ended=frozenset({"s1"})).succeeded
