@@ -98,8 +98,9 @@ class Fenced(BlackboardError):
     reason = "FENCED"
 
     def __init__(self, fence: str, token: int, current_token: int) -> None:
+        holder = f"the current holder's is {current_token}" if current_token else "nobody holds it"
         super().__init__(
-            f"fence {fence!r}: token {token} is stale, {current_token} is newer",
+            f"fence {fence!r}: token {token} is not the current holder's ({holder})",
             fence=fence,
             token=token,
             current_token=current_token,
