@@ -4,7 +4,8 @@ Every write is one Lua script (adapters/lua/commit.lua, a port of
 domain/commit.py::plan), so checks, revision bump, apply, log append, trim,
 idempotency record and PUBLISH happen as one atomic step. All keys of a
 conversation share one hash tag, so the scripts run unchanged on Redis
-Cluster; the key layout is in redis_codec.py.
+Cluster; the key layout is in redis_codec.py. Commits go through one
+pipelined connection (redis_pipe.py); everything else through redis-py.
 
 Notifications ride on one pub/sub connection owned by a reader task, started
 by `connect` and stopped by `aclose`. They only wake readers: the log is the
@@ -31,6 +32,7 @@ from redis.retry import Retry
 
 from blackboard_server.adapters import redis_codec as codec
 from blackboard_server.adapters.memory import EXPIRY_AGENT
+from blackboard_server.adapters.redis_pipe import Endpoint, Script, ScriptPipe
 from blackboard_server.domain.errors import (
     BackendUnavailable,
     ConversationExists,
@@ -71,8 +73,10 @@ class RedisStore:
         self._ttl_index = f"{prefix}:ttl"
         self._scripts = {
             name: client.register_script(_source(name))
-            for name in ("commit", "conversation", "read", "events", "expire")
+            for name in ("conversation", "read", "events", "expire")
         }
+        self._commit_script = Script.of("commit", _source("commit"))
+        self._pipe = ScriptPipe(Endpoint.of(client.connection_pool), timeout_s=timeout_s)
         self._listeners: list[Listener] = []
         self._watched: dict[bytes, ConversationRef] = {}
         self._subscribed: dict[bytes, asyncio.Event] = {}
@@ -126,6 +130,7 @@ class RedisStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
             self._reader = None
+        await self._pipe.aclose()
         await self._client.aclose()
 
     @contextlib.asynccontextmanager
@@ -228,8 +233,8 @@ class RedisStore:
     ) -> CommitResult:
         keys = self._keys(ref)
         async with self._guard():
-            reply = await self._run(
-                "commit",
+            reply = await self._pipe.evalsha(
+                self._commit_script,
                 keys.all,
                 codec.pack_batch(batch),
                 fingerprint,
