@@ -145,8 +145,7 @@ class RedisStore:
             await self._client.connection_pool.disconnect(inuse_connections=False)
             raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
         except ResponseError as exc:
-            if isinstance(exc, ReadOnlyError) or str(exc).startswith(_TRANSIENT):
-                raise BackendUnavailable("redis", str(exc)) from exc
+            _raise_if_transient(exc)
             raise
 
     async def _run(self, script: str, keys: Sequence[str], *args: object) -> Any:
@@ -232,7 +231,8 @@ class RedisStore:
         self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
     ) -> CommitResult:
         keys = self._keys(ref)
-        async with self._guard():
+        try:
+            # No guard: the pipe bounds every call by the timeout itself.
             reply = await self._pipe.evalsha(
                 self._commit_script,
                 keys.all,
@@ -244,8 +244,12 @@ class RedisStore:
                 keys.channel,
                 MAX_NOTIFY_PAYLOAD,
             )
-            status = reply[0]
-            if status == b"OK" and reply[3] >= 0:
+        except ResponseError as exc:
+            _raise_if_transient(exc)
+            raise
+        status = reply[0]
+        if status == b"OK" and reply[3] >= 0:
+            async with self._guard():
                 # After the commit, so the sweeper can never miss it (see expire_due).
                 await self._client.zadd(self._ttl_index, {keys.tag: reply[3]}, lt=True)
         if status == b"NOTFOUND":
@@ -442,6 +446,11 @@ class RedisStore:
                 listener(ref, event)
             except Exception:
                 log.exception("store listener failed", conversation=str(ref))
+
+
+def _raise_if_transient(exc: ResponseError) -> None:
+    if isinstance(exc, ReadOnlyError) or str(exc).startswith(_TRANSIENT):
+        raise BackendUnavailable("redis", str(exc)) from exc
 
 
 def _source(name: str) -> str:
