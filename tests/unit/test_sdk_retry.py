@@ -10,14 +10,15 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-import blackboard_client as bb
 import grpc
 import pytest
-from blackboard.v1 import blackboard_pb2 as pb
-from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+import blackboard_client as bb
+from blackboard.v1 import blackboard_pb2 as pb
+from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 
 FAST = bb.RetryPolicy(attempts=4, initial_backoff=0.001, max_backoff=0.004, jitter=0.0)
 

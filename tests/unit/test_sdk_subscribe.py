@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import blackboard_client as bb
 import grpc
 import pytest
-from blackboard.v1 import blackboard_pb2 as pb
-from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
-from blackboard_client._subscribe import Cursor
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+import blackboard_client as bb
+from blackboard.v1 import blackboard_pb2 as pb
+from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
+from blackboard_client._subscribe import Cursor
 
 FAST = bb.RetryPolicy(attempts=3, initial_backoff=0.001, max_backoff=0.002, jitter=0.0)
 
