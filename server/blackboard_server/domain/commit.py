@@ -13,16 +13,15 @@ from dataclasses import dataclass
 from blackboard_server.domain.errors import Fenced, SessionNotFound
 from blackboard_server.domain.model import (
     AppendChild,
-    Delete,
-    DeleteSessionEntries,
     Change,
     ChangeType,
     Compare,
+    Delete,
+    DeleteSessionEntries,
     Entry,
     Event,
     Fence,
     KeyState,
-    Op,
     Operator,
     OpResult,
     Provenance,
