@@ -108,6 +108,16 @@ def test_whitespace_control_and_glob_characters_are_rejected(value: str) -> None
     assert "not allowed" in raised.value.message
 
 
+def test_every_ascii_character_is_allowed_or_not_by_the_rule() -> None:
+    for code in range(128):
+        ch = chr(code)
+        if ch in "*?{}\\" or ch.isspace() or not ch.isprintable():
+            with pytest.raises(InvalidArgument):
+                limits.key(f"a{ch}b", LIMITS)
+        else:
+            assert limits.key(f"a{ch}b", LIMITS) == f"a{ch}b"
+
+
 def test_a_lone_surrogate_is_an_invalid_argument_not_an_encode_error() -> None:
     with pytest.raises(InvalidArgument):
         limits.key("a\ud800b", LIMITS)

@@ -91,12 +91,14 @@ class Keys:
     tag: str
     meta: str
     channel: bytes
+    all: tuple[str, ...]  # the commit and conversation scripts' keys
 
     @classmethod
     def of(cls, prefix: str, ref: ConversationRef) -> Keys:
         tag = f"{ref.tenant}/{ref.id}"
         base = f"{prefix}:{{{tag}}}"
-        return cls(tag, f"{base}:m", f"{base}:n".encode())
+        every = tuple(f"{base}:{s}" for s in ("m", "d", "k", "l", "i", "j", "x", "f", "b", "e"))
+        return cls(tag, f"{base}:m", f"{base}:n".encode(), every)
 
     @staticmethod
     def ref_of(tag: bytes | str) -> ConversationRef:
@@ -105,10 +107,6 @@ class Keys:
 
     def named(self, *suffixes: str) -> list[str]:
         return [self.meta[:-1] + s for s in suffixes]
-
-    @property
-    def all(self) -> list[str]:
-        return self.named("m", "d", "k", "l", "i", "j", "x", "f", "b", "e")
 
 
 def pack_batch(batch: WriteBatch) -> bytes:

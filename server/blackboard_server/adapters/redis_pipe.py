@@ -26,6 +26,7 @@ import hashlib
 import math
 import ssl
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,7 @@ class ScriptPipe:
         self._connecting = asyncio.Lock()
         self._closed = False
 
-    async def evalsha(self, script: Script, keys: list[str], *args: Arg) -> Any:
+    async def evalsha(self, script: Script, keys: Sequence[str], *args: Arg) -> Any:
         conn = self._conn
         if conn is None or conn.lost:
             deadline = asyncio.get_running_loop().time() + self._timeout_s

@@ -59,6 +59,7 @@ MAX_NOTIFY_PAYLOAD = 64 * 1024
 # Redis replies that mean "not now" rather than "wrong": the caller may retry.
 _TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
 _LUA = Path(__file__).with_name("lua")
+_KEYS_CACHED = 4096  # conversations whose key names are kept, not rebuilt per call
 
 
 class RedisStore:
@@ -71,6 +72,7 @@ class RedisStore:
         self._prefix = prefix
         self._timeout_s = timeout_s
         self._ttl_index = f"{prefix}:ttl"
+        self._known_keys: dict[ConversationRef, codec.Keys] = {}
         self._scripts = {
             name: client.register_script(_source(name))
             for name in ("conversation", "read", "events", "expire")
@@ -153,7 +155,12 @@ class RedisStore:
         return await self._scripts[script](keys=keys, args=args)  # type: ignore[arg-type]
 
     def _keys(self, ref: ConversationRef) -> codec.Keys:
-        return codec.Keys.of(self._prefix, ref)
+        keys = self._known_keys.get(ref)
+        if keys is None:
+            if len(self._known_keys) >= _KEYS_CACHED:
+                self._known_keys.clear()
+            keys = self._known_keys[ref] = codec.Keys.of(self._prefix, ref)
+        return keys
 
     def _tenant_index(self, tenant: str) -> str:
         return f"{self._prefix}:conversations:{tenant}"

@@ -243,7 +243,9 @@ class BlackboardService:
     ) -> CommitResult:
         ref = caller.conversation(conversation_id)
         limits.write_batch(batch, self._limits, single=True)
-        result = await self._store.commit(ref, batch, fingerprint(batch), self._clock.now_ms())
+        # Stores compare fingerprints only to tell a retry from a reused request id.
+        digest = fingerprint(batch) if batch.request_id else ""
+        result = await self._store.commit(ref, batch, digest, self._clock.now_ms())
         if not result.succeeded:
             state = result.compared[0]
             raise ConditionFailed(state.key, state.version, state.mod_revision)
