@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -19,7 +20,7 @@ from redis.exceptions import ResponseError
 
 from blackboard_server.adapters.redis_pipe import Endpoint, Script, ScriptPipe
 from blackboard_server.domain.errors import BackendUnavailable
-from tests.servers import RedisServer
+from tests.servers import RedisServer, free_port, require
 
 TIMEOUT_S = 0.5
 ECHO = Script.of("echo", "return {KEYS[1], ARGV[1]}")
@@ -210,3 +211,30 @@ async def test_it_authenticates_and_selects_the_database(own_redis: RedisServer)
         async with ScriptPipe(Endpoint.from_url(wrong), timeout_s=TIMEOUT_S) as pipe:
             with pytest.raises(BackendUnavailable):
                 await pipe.evalsha(COUNT, ["counted"])
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, str]]:
+    """A redis-server also listening with TLS, and the URL to reach it that way."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *(require("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"),
+            *("-addext", "subjectAltName=IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    tls = ("--tls-port", str(port), "--tls-cert-file", str(cert), "--tls-key-file", str(key))
+    trust = ("--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no")
+    server = RedisServer(tmp_path / "redis", extra=tls + trust).start()
+    yield server, f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={cert}"
+    server.stop()
+
+
+async def test_it_speaks_tls(tls_redis: tuple[RedisServer, str]) -> None:
+    _, url = tls_redis
+    async with ScriptPipe(Endpoint.from_url(url), timeout_s=TIMEOUT_S) as pipe:
+        assert await pipe.evalsha(ECHO, ["k"], "sealed") == [b"k", b"sealed"]

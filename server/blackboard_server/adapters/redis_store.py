@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,10 @@ class RedisStore:
         await self._client.aclose()
 
     @contextlib.asynccontextmanager
-    async def _guard(self) -> AsyncIterator[None]:
+    async def _guard(self, timeout_s: float | None = None) -> AsyncIterator[None]:
         """Bounds a call by the timeout and reports Redis trouble as BackendUnavailable."""
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s if timeout_s is None else timeout_s):
                 yield
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             # The pool's other idle connections were very likely cut by the same
@@ -238,6 +239,7 @@ class RedisStore:
         self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
     ) -> CommitResult:
         keys = self._keys(ref)
+        started = time.monotonic()
         try:
             # No guard: the pipe bounds every call by the timeout itself.
             reply = await self._pipe.evalsha(
@@ -256,7 +258,8 @@ class RedisStore:
             raise
         status = reply[0]
         if status == b"OK" and reply[3] >= 0:
-            async with self._guard():
+            # What is left of the call's timeout, so the whole commit stays within it.
+            async with self._guard(self._timeout_s - (time.monotonic() - started)):
                 # After the commit, so the sweeper can never miss it (see expire_due).
                 await self._client.zadd(self._ttl_index, {keys.tag: reply[3]}, lt=True)
         if status == b"NOTFOUND":
