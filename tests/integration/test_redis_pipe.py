@@ -238,3 +238,16 @@ async def test_it_speaks_tls(tls_redis: tuple[RedisServer, str]) -> None:
     _, url = tls_redis
     async with ScriptPipe(Endpoint.from_url(url), timeout_s=TIMEOUT_S) as pipe:
         assert await pipe.evalsha(ECHO, ["k"], "sealed") == [b"k", b"sealed"]
+
+
+async def test_it_connects_over_a_unix_socket(tmp_path: Path) -> None:
+    socket_path = tmp_path / "redis.sock"
+    server = RedisServer(tmp_path / "redis", extra=("--unixsocket", str(socket_path))).start()
+    try:
+        url = f"unix://{socket_path}?db=2"
+        async with ScriptPipe(Endpoint.from_url(url), timeout_s=TIMEOUT_S) as pipe:
+            assert await pipe.evalsha(COUNT, ["counted"]) == 1
+        async with Redis.from_url(url) as db2, Redis.from_url(f"unix://{socket_path}") as db0:
+            assert (await db2.get("counted"), await db0.get("counted")) == (b"1", None)
+    finally:
+        server.stop()
