@@ -13,25 +13,33 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from blackboard_server.adapters.instrumented import InstrumentedCoordinator, InstrumentedStore
 from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
 from blackboard_server.api import convert
 from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
+from blackboard_server.api.observe import ObservingInterceptor
 from blackboard_server.api.servicer import BlackboardServicer
 from blackboard_server.config import Settings
+from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
 from blackboard_server.services.blackboard import BlackboardService
 from blackboard_server.services.coordination import CoordinationService, record_observations
 from blackboard_server.services.hub import Hub
 from blackboard_server.services.subscription import StreamLimits, Subscriptions
 from blackboard_server.services.sweeper import sweep_forever
+from blackboard_server.tracing import open_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = structlog.get_logger("blackboard")
 HEALTH_SERVICES = ("", BLACKBOARD.full_name, COORDINATION.full_name)
@@ -49,6 +57,8 @@ class RunningServer:
     store: StateStore
     hub: Hub
     health: health.aio.HealthServicer
+    metrics: Metrics
+    metrics_port: int  # 0: /metrics is off
 
     @property
     def address(self) -> str:
@@ -91,7 +101,10 @@ async def open_store(settings: Settings) -> StateStore:
 
 
 @asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
+async def serve(
+    settings: Settings, *, span_exporter: SpanExporter | None = None
+) -> AsyncIterator[RunningServer]:
+    """Serves until the context exits; `span_exporter` turns tracing on with it (tests)."""
     if settings.embedded:
         log.warning(
             "embedded mode: state is in memory and NOT durable; loopback only",
@@ -100,7 +113,14 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
     else:
         log.info("starting", listen=settings.listen, store="redis")
     async with AsyncExitStack() as stack:
-        store = await open_store(settings)
+        metrics = Metrics()
+        metrics.changelog_retention.set(settings.retention)
+        tracing = open_tracing(settings.tracing, settings.otlp_endpoint, span_exporter)
+        if tracing is not None:
+            stack.callback(tracing.close)
+        store: StateStore = InstrumentedStore(
+            await open_store(settings), "memory" if settings.embedded else "redis", metrics, tracing
+        )
         stack.push_async_callback(store.aclose)
         clock = SystemClock()
         hub = Hub(
@@ -112,7 +132,12 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
             coalesce_s=settings.subscriber_coalesce_ms / 1000,
         )
         await stack.enter_async_context(hub.running())
-        coordinator = await open_coordinator(settings)
+        coordinator: Coordinator = InstrumentedCoordinator(
+            await open_coordinator(settings),
+            "etcd" if settings.etcd else "memory-coordinator",
+            metrics,
+            tracing,
+        )
         stack.push_async_callback(coordinator.aclose)
         await stack.enter_async_context(coordinator.running())
         blackboard = BlackboardService(
@@ -145,7 +170,9 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
             convert.batch_message,
             settings.limits,
             stream,
+            metrics,
         )
+        metrics.watch_subscribers(lambda: hub.subscribers)
         servicer = BlackboardServicer(
             blackboard,
             subscriptions,
@@ -154,11 +181,12 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
         )
 
         server = grpc.aio.server(
+            interceptors=[ObservingInterceptor(metrics, tracing, tenant=settings.tenant)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
                 ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
         server.add_generic_rpc_handlers(
             [
@@ -180,6 +208,12 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
             server,
         )
         port = server.add_insecure_port(settings.listen)
+        metrics_port = 0
+        if settings.metrics_port:
+            host = settings.metrics_host or settings.listen.rpartition(":")[0].strip("[]")
+            exporter = MetricsServer(metrics, host, settings.metrics_port)
+            stack.callback(exporter.close)
+            metrics_port = exporter.port
         await server.start()
         for name in HEALTH_SERVICES:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -191,8 +225,8 @@ async def serve(settings: Settings) -> AsyncIterator[RunningServer]:
         recorder = background.create_task(
             record_observations(coordinator, store, clock), name="coordination-recorder"
         )
-        running = RunningServer(settings, port, store, hub, health_servicer)
-        log.info("serving", address=running.address)
+        running = RunningServer(settings, port, store, hub, health_servicer, metrics, metrics_port)
+        log.info("serving", address=running.address, metrics_port=metrics_port or None)
         try:
             yield running
         finally:

@@ -36,8 +36,13 @@ class Settings:
     session_ttl_ms: int = 10_000  # a session's TTL when the client names none
     max_session_ttl_ms: int = 300_000
     max_wait_ms: int = 300_000  # the longest a lock or campaign call may wait
-    log_level: str = "info"
+    log_level: str = "info"  # debug | info | warning | error; each call logs one line at info
     log_format: str = "auto"  # auto | json | console
+    # Observability (docs/operations.md).
+    metrics_port: int = 0  # Prometheus /metrics over HTTP on this port; 0: off
+    metrics_host: str = ""  # empty: the host of `listen`
+    tracing: str = "off"  # off | console | otlp
+    otlp_endpoint: str = ""  # empty: the exporter's default (OTEL_EXPORTER_OTLP_ENDPOINT)
     tenant: str = "default"
     # The change log and idempotency.
     retention: int = 10_000  # events kept per conversation for resume and past reads
@@ -111,6 +116,12 @@ def validated(settings: Settings) -> Settings:
         )
     if settings.log_format not in ("auto", "json", "console"):
         raise SettingsError("log_format: expected auto, json or console")
+    if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError("log_level: expected debug, info, warning, error or critical")
+    if settings.tracing not in ("off", "console", "otlp"):
+        raise SettingsError("tracing: expected off, console or otlp")
+    if not 0 <= settings.metrics_port <= 65535:
+        raise SettingsError(f"metrics_port: {settings.metrics_port} is out of range")
     for name in (
         "retention",
         "max_key_bytes",

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import grpc
-import structlog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -21,7 +21,9 @@ from grpc_status import rpc_status
 from blackboard_server.domain import errors as e
 
 DOMAIN = "blackboard.v1"
-log = structlog.get_logger("blackboard.api")
+# The reason of the error a call ended with, for its access log line and metrics
+# (api/observe.py reads it; each RPC runs in a context of its own).
+REASON: ContextVar[str] = ContextVar("blackboard_error_reason", default="")
 
 # Most specific first: the first matching class wins.
 TABLE: tuple[tuple[type[e.BlackboardError], grpc.StatusCode], ...] = (
@@ -84,6 +86,7 @@ def _code_number(code: grpc.StatusCode) -> int:
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: e.BlackboardError) -> None:
+    REASON.set(error.reason)
     status = to_status(error)
     await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -92,7 +95,8 @@ H = TypeVar("H")
 
 
 def unary(handler: Callable[..., Awaitable[H]]) -> Callable[..., Awaitable[H]]:
-    """Turns domain errors of a unary handler into statuses; anything else is a bug."""
+    """Turns domain errors of a handler into statuses; anything else is a bug, which the
+    interceptor (api/observe.py) logs with the call's fields and reports as UNKNOWN."""
 
     @functools.wraps(handler)
     async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> H:
@@ -101,8 +105,5 @@ def unary(handler: Callable[..., Awaitable[H]]) -> Callable[..., Awaitable[H]]:
         except e.BlackboardError as error:
             await abort(context, error)
             raise  # abort raises; this line is for the type checker
-        except Exception:
-            log.exception("unhandled error", rpc=handler.__name__)
-            raise
 
     return wrapped

@@ -22,6 +22,7 @@ from blackboard_server.domain.errors import (
     SlowSubscriber,
 )
 from blackboard_server.domain.model import ConversationRef, Entry, Event
+from blackboard_server.metrics import Metrics
 from blackboard_server.ports import StateStore
 from blackboard_server.services.blackboard import BlackboardService, Caller
 from blackboard_server.services.hub import Encoder, Feed, Hub
@@ -102,7 +103,9 @@ class Subscriptions:
         batch_encoder: Callable[[Sequence[bytes | None]], bytes],
         limits_: limits.Limits,
         stream: StreamLimits,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics or Metrics()
         self._store = store
         self._hub = hub
         self._blackboard = blackboard
@@ -180,6 +183,7 @@ class Subscriptions:
                 cursor = events[-1].revision
                 if batch is not None:
                     yield batch
+                    self._delivered(batch, lag)  # the caller wrote it before asking for more
                     quiet_since = time.monotonic()
                     continue
             if time.monotonic() - quiet_since >= interval:
@@ -187,6 +191,11 @@ class Subscriptions:
                 quiet_since = time.monotonic()
             if not events:
                 await feed.wait(cursor)
+
+    def _delivered(self, batch: EventBatch, lag: int) -> None:
+        self._metrics.subscriber_lag.observe(max(lag, 0))
+        age_ms = time.time_ns() // 1_000_000 - batch.events[0].time_ms
+        self._metrics.delivery_lag.observe(max(age_ms, 0) / 1000)
 
     async def _pending(
         self, ref: ConversationRef, feed: Feed, cursor: int
