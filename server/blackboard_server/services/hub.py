@@ -55,6 +55,7 @@ class Feed:
         self._next: asyncio.Future[None] | None = None
         self.kick = asyncio.Event()  # asks the pump to read the log
         self.subscribers = 0
+        self.detached = False  # the last subscriber left: its pump stops
         self._batches: dict[tuple[int, int], bytes] = {}
 
     def encoded_batch(self, span: tuple[int, int], encode: Callable[[], bytes]) -> bytes:
@@ -149,6 +150,7 @@ class Hub:
         self._coalesce = coalesce_s
         self._feeds: dict[ConversationRef, Feed] = {}
         self._pumps: dict[ConversationRef, asyncio.Task[None]] = {}
+        self._running_pumps: set[asyncio.Task[None]] = set()  # also those already detached
         self._tasks: asyncio.TaskGroup | None = None
         self._closing = False
         store.listen(self._on_notify)
@@ -162,7 +164,7 @@ class Hub:
                 yield self
             finally:
                 self.close()
-                for pump in self._pumps.values():
+                for pump in list(self._running_pumps):
                     pump.cancel()
 
     def close(self) -> None:
@@ -187,6 +189,9 @@ class Hub:
             feed.subscribers -= 1
             if feed.subscribers == 0 and self._feeds.get(ref) is feed:
                 del self._feeds[ref]
+                # The flag stops the pump even if this cancellation is swallowed by its
+                # poll timeout firing at the same moment (asyncio.timeout in 3.11 can).
+                feed.detached = True
                 pump = self._pumps.pop(ref, None)
                 if pump is not None:
                     pump.cancel()
@@ -206,7 +211,10 @@ class Hub:
         if self._closing:
             feed.end(closing=True)
         self._feeds[ref] = feed
-        self._pumps[ref] = self._tasks.create_task(self._pump(feed))
+        pump = self._tasks.create_task(self._pump(feed))
+        self._pumps[ref] = pump
+        self._running_pumps.add(pump)
+        pump.add_done_callback(self._running_pumps.discard)
         return feed
 
     def _on_notify(self, ref: ConversationRef, event: Event | None) -> None:
@@ -224,7 +232,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         next_poll = next_tick = loop.time()
         try:
-            while not feed.gone:
+            while not feed.gone and not feed.detached:
                 with suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, min(next_poll, next_tick) - loop.time())):
                         await feed.kick.wait()
