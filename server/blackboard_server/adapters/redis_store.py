@@ -459,7 +459,13 @@ class RedisStore:
 
 
 def _raise_if_transient(exc: ResponseError) -> None:
-    if isinstance(exc, ReadOnlyError) or str(exc).startswith(_TRANSIENT):
+    # redis-py takes the code (OOM, TRYAGAIN, ...) off the message of the errors
+    # it has a class for and keeps it as status_code; the pipe keeps both.
+    if (
+        isinstance(exc, ReadOnlyError)
+        or exc.status_code in _TRANSIENT
+        or str(exc).startswith(_TRANSIENT)
+    ):
         raise BackendUnavailable("redis", str(exc)) from exc
 
 

@@ -1,6 +1,6 @@
-"""Redis turned into a read-only replica under the server (a failover in progress):
-writes fail with BackendUnavailable, which callers may retry, and work again once
-it is a primary."""
+"""Redis refusing writes for a while, as a read-only replica (a failover in progress) or
+out of memory: writes fail with BackendUnavailable, which callers may retry, and work
+again once Redis takes them."""
 
 from __future__ import annotations
 
@@ -45,3 +45,17 @@ async def test_writes_to_a_replica_are_unavailable(
         finally:
             await admin.replicaof("NO", "ONE")
     assert (await store.commit(ref, batch, "", 3)).revision == 1
+
+
+async def test_writes_to_a_redis_out_of_memory_are_unavailable(
+    own_redis: RedisServer, store: RedisStore
+) -> None:
+    ref = ConversationRef("t", "c")
+    async with Redis.from_url(own_redis.url) as admin:
+        await admin.config_set("maxmemory", "1")
+        try:
+            with pytest.raises(BackendUnavailable, match="used memory"):
+                await store.create_conversation(ref, {}, 0, 1)
+        finally:
+            await admin.config_set("maxmemory", "0")
+    await store.create_conversation(ref, {}, 0, 1)
