@@ -183,6 +183,8 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "listen": "localhost:7",
         "redis_url": "redis://r:1/0",
         "log_format": "console",
+        "log_level": "debug",
+        "tracing": "console",
         "max_page_size": "2000",
         "max_request_bytes": str(8 << 20),
         "max_session_ttl_ms": str(600_000),  # must stay above session_ttl_ms's default
