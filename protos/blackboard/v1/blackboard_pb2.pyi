@@ -489,7 +489,7 @@ class Conversation(_message.Message):
     create_time_unix_ms: _builtins.int
     update_time_unix_ms: _builtins.int
     idle_ttl_ms: _builtins.int
-    """0: never expires"""
+    """recorded for the client; the server does not yet expire idle conversations"""
     revision: _builtins.int
     """head revision"""
     @_builtins.property
