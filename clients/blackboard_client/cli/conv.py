@@ -20,7 +20,12 @@ def register(subparsers: Any) -> None:
     create = command(commands, "create", _create, "create a conversation; prints its id")
     create.add_argument("id", nargs="?", default="", metavar="ID", help="default: server picks")
     create.add_argument("--meta", action="append", metavar="K=V", help="metadata (repeatable)")
-    create.add_argument("--idle-ttl", type=float, metavar="SECONDS", help="recorded with the conversation (not yet enforced by the server)")
+    create.add_argument(
+        "--idle-ttl",
+        type=float,
+        metavar="SECONDS",
+        help="recorded with the conversation (not yet enforced by the server)",
+    )
 
     command(commands, "list", _list, "list conversations")
 
