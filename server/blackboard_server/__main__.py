@@ -17,8 +17,11 @@ async def _run(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with serve(settings):
-        await stop.wait()
+    try:
+        async with serve(settings):
+            await stop.wait()
+    finally:
+        logs.flush()
 
 
 def main(argv: list[str] | None = None) -> int:

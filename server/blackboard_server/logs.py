@@ -1,12 +1,88 @@
-"""structlog set-up: JSON lines in production, readable lines in a terminal."""
+"""structlog set-up: JSON lines in production, readable lines in a terminal.
+
+JSON lines are written in batches: a line waits at most FLUSH_DELAY_S (or
+until 64 KiB are pending) and is written together with the lines that came
+meanwhile, so a busy server makes one write per batch rather than one per call
+(measured: the per-call access line was the largest cost on the put path). At
+exit the batch is flushed; a process killed with SIGKILL loses at most the
+last FLUSH_DELAY_S of lines.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
+
+FLUSH_DELAY_S = 0.05
+FLUSH_BYTES = 64 << 10
+
+
+class BatchedLines:
+    """Lines for one stream, written in batches."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._timer: asyncio.TimerHandle | None = None
+        atexit.register(self.flush)
+
+    def write(self, line: bytes) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_BYTES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no event loop here: nothing would flush later
+                self.flush()
+                return
+            self._timer = loop.call_later(FLUSH_DELAY_S, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._lines:
+            lines, self._lines, self._size = self._lines, [], 0
+            self._stream.write(b"".join(lines))
+            self._stream.flush()
+
+
+class BatchedLogger:
+    """A structlog logger that hands rendered JSON lines to a BatchedLines."""
+
+    def __init__(self, lines: BatchedLines) -> None:
+        self._lines = lines
+
+    def msg(self, message: bytes) -> None:
+        self._lines.write(message + b"\n")
+
+    log = debug = info = warn = warning = error = err = critical = exception = fatal = msg
+
+
+# One batch per process for stderr, which is itself one per process.
+_stderr_lines: BatchedLines | None = None
+
+
+def _batched_factory(*_: Any) -> BatchedLogger:
+    global _stderr_lines
+    if _stderr_lines is None:
+        _stderr_lines = BatchedLines(sys.stderr.buffer)
+    return BatchedLogger(_stderr_lines)
+
+
+def flush() -> None:
+    """Writes out pending lines now (at shutdown)."""
+    if _stderr_lines is not None:
+        _stderr_lines.flush()
 
 
 def configure(level: str, fmt: str) -> None:
@@ -28,9 +104,7 @@ def configure(level: str, fmt: str) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer)
-        if json_lines
-        else structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_batched_factory if json_lines else structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
 
