@@ -33,6 +33,7 @@ from blackboard_client import (
     Session,
     connect,
 )
+from blackboard_server import logs
 from blackboard_server.app import serve
 from blackboard_server.config import Settings
 
@@ -221,6 +222,7 @@ async def check(address: str, did: dict[str, int], doomed: str, stale: Lock) -> 
 async def main() -> int:
     crash = Crash()
     doomed = f"worker-{WORKERS}"
+    logs.configure("warning", "console")  # the server's per-call lines would drown the story
     async with serve(Settings(listen="127.0.0.1:0")) as server, asyncio.timeout(60):
         address = server.address
         async with connect(address) as bb:
