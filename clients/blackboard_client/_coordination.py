@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Callable
-from types import TracebackType
 
 import grpc
 
@@ -19,6 +18,7 @@ from blackboard_client._errors import BlackboardError, Unavailable, error_from_r
 from blackboard_client._model import Leader, LockHolder, SessionInfo
 from blackboard_client._retry import RetryPolicy
 from blackboard_client._session import Session
+from blackboard_client._stream import ClosingStream
 
 #: Opens one Observe stream: the current leader (None: no leader), then each change.
 LeaderOpener = Callable[[], AsyncGenerator[Leader | None, None]]
@@ -26,7 +26,7 @@ LeaderOpener = Callable[[], AsyncGenerator[Leader | None, None]]
 _NOTHING_YET = object()
 
 
-class Observation:
+class Observation(ClosingStream[Leader | None]):
     """An async iterator of who leads a role: a `Leader`, or None when nobody does.
 
     The first item is the current state, then one per change of leader or of
@@ -61,26 +61,6 @@ class Observation:
             if failures >= self._retry.attempts:
                 raise error
             await asyncio.sleep(self._retry.backoff(failures))
-
-    def __aiter__(self) -> Observation:
-        return self
-
-    async def __anext__(self) -> Leader | None:
-        return await anext(self._items)
-
-    async def aclose(self) -> None:
-        await self._items.aclose()
-
-    async def __aenter__(self) -> Observation:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 class CoordinationClient(BaseClient):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import grpc
@@ -32,6 +31,7 @@ from blackboard_client import _convert
 from blackboard_client._errors import BlackboardError, SlowSubscriber, Unavailable, error_from_rpc
 from blackboard_client._model import Entry, Event
 from blackboard_client._retry import RetryPolicy
+from blackboard_client._stream import ClosingStream
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +170,7 @@ def resumable(error: BlackboardError) -> bool:
     return isinstance(error, Unavailable | SlowSubscriber)
 
 
-class Subscription:
+class Subscription(ClosingStream[StreamItem]):
     """An async iterator of `StreamItem`s that resumes by itself.
 
     Also an async context manager; leaving it (or `aclose()`) ends the stream.
@@ -211,23 +211,3 @@ class Subscription:
             if failures >= self._retry.attempts:
                 raise error
             await asyncio.sleep(self._retry.backoff(failures))
-
-    def __aiter__(self) -> Subscription:
-        return self
-
-    async def __anext__(self) -> StreamItem:
-        return await anext(self._items)
-
-    async def aclose(self) -> None:
-        await self._items.aclose()
-
-    async def __aenter__(self) -> Subscription:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
