@@ -423,11 +423,14 @@ def test_lock_lost_while_cmd_runs_stops_cmd_and_exits_7(env: dict[str, str], con
     assert err.startswith("bb: lock 'L'") and "LOCK_LOST" in err
 
 
-def test_interrupted_lock_stops_cmd_releases_and_exits_130(env: dict[str, str], conv: str) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_lock_stops_cmd_releases_and_exits_130(
+    env: dict[str, str], conv: str, sig: signal.Signals
+) -> None:
     lock = start(env, "lock", conv, "L", "--", "sh", "-c", "echo ready; exec sleep 60")
     assert lock.stdout is not None
     assert lock.stdout.readline() == "ready\n"
-    lock.send_signal(signal.SIGINT)  # bb only: CMD is stopped by bb, not by the signal
+    lock.send_signal(sig)  # bb only: CMD is stopped by bb, not by the signal
     assert finish(lock) == (130, "", "")
     fails(env, 3, "holder", conv, "L")
 

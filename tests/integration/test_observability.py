@@ -242,6 +242,24 @@ async def test_access_lines_carry_the_call_and_never_the_token(tmp_path: Path) -
     for line in (ok, failed):
         assert isinstance(line["ms"], float) and line["ms"] >= 0
         assert "timestamp" in line
-    # One line per call: the health checks the harness made are there too, once each.
-    calls = Counter(line["request_id"] for line in log_lines(process) if line["event"] == "rpc")
+    # One line per call, and none at info for the harness's health checks (probes
+    # would flood the log): those go to debug.
+    rpc_lines = [line for line in log_lines(process) if line["event"] == "rpc"]
+    calls = Counter(line["request_id"] for line in rpc_lines)
     assert set(calls.values()) == {1}
+    assert {line["rpc"] for line in rpc_lines} == {
+        "Blackboard/CreateConversation",
+        "Blackboard/Put",
+        "Blackboard/Get",
+    }
+
+
+async def test_health_checks_are_logged_at_debug(tmp_path: Path) -> None:
+    process = ServerProcess(tmp_path / "server", "--log-level", "debug").start()
+    process.stop()
+    probes = [
+        line
+        for line in log_lines(process)
+        if line["event"] == "rpc" and line["rpc"] == "Health/Check"
+    ]
+    assert probes and {line["level"] for line in probes} == {"debug"}

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from blackboard_client import BlackboardError
 from blackboard_client.cli import conv, coord, health, kv, reads, txn, watch
@@ -81,20 +83,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(parser, sys.argv[1:] if argv is None else argv)
         options = Options.from_args(args, os.environ)
         handler: Handler = args.handler
-        return asyncio.run(handler(args, options))
+        return asyncio.run(_terminable(handler(args, options)))
     except UsageError as error:
         return _fail(str(error), USAGE)
     except BlackboardError as error:
         return _fail(describe(error), exit_code(error))
     except CannotRun as error:
         return _fail(str(error), CANNOT_RUN)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         return INTERRUPTED
     except BrokenPipeError:
         # The reader went away (`bb range ... | head`): say nothing more.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return ERROR
+
+
+async def _terminable(command: Coroutine[Any, Any, int]) -> int:
+    """SIGTERM (`kill`, a supervisor stopping bb) ends bb as SIGINT does: the command
+    is cancelled, so a held lock or leadership is given back and a CMD run under
+    it is stopped first."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await command
 
 
 def _fail(message: str, code: int) -> int:

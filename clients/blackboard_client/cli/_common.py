@@ -63,7 +63,7 @@ exit codes:
   6    unavailable: UNAVAILABLE or DEADLINE_EXCEEDED after retries; health not SERVING
   7    bb lock / bb elect: the lock or leadership was lost while CMD ran (CMD was stopped)
   127  bb lock / bb elect: CMD could not be started
-  130  interrupted (SIGINT)
+  130  interrupted (SIGINT or SIGTERM)
   with a CMD, bb lock and bb elect exit with CMD's exit code (128+N if killed by signal N)
 """
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]  # generic only in the stubs
 CONVERSATION_ID_RPCS = ("CreateConversation", "GetConversation", "DeleteConversation")
 UNSET = "?"
+QUIET_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection")
 
 
 class _Method:
@@ -59,6 +60,8 @@ class _Method:
         self.conversation_rpc = service == "blackboard.v1.Blackboard" and (
             name in CONVERSATION_ID_RPCS
         )
+        # Probes call these every few seconds: their lines go to debug, not info.
+        self.quiet = service in QUIET_SERVICES
 
     def handled_as(self, code: str) -> Any:
         child = self.handled.get(code)
@@ -87,6 +90,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         # Bound now, after logs.configure: a concrete logger, not a lazy proxy per call.
         self._log = structlog.get_logger("blackboard.rpc").bind()
         self._info = self._log.is_enabled_for(logging.INFO)
+        self._debug = self._log.is_enabled_for(logging.DEBUG)
         self._wrapped: dict[str, Handler | None] = {}
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
@@ -210,9 +214,10 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             mark_error(span, code, reason)
         if code == "UNKNOWN":
             self._log.error("rpc", exc_info=error, **self._fields(m, request, context, span))
-        elif self._info:
+        elif self._debug if m.quiet else self._info:
             fields = self._fields(m, request, context, span)
-            self._log.info("rpc", code=code, reason=reason, ms=round(elapsed * 1000, 3), **fields)
+            line = self._log.debug if m.quiet else self._log.info
+            line("rpc", code=code, reason=reason, ms=round(elapsed * 1000, 3), **fields)
 
     def _fields(self, m: _Method, request: Any, context: Context, span: Any) -> dict[str, Any]:
         agent = request_id = ""
