@@ -170,35 +170,35 @@ class MemoryCoordinator:
         self, ref: ConversationRef, kind: FenceKind, name: str, session_id: str, token: int
     ) -> Holder:
         queue = (ref, kind, name)
-        claims = self._queues.get(queue)
-        holder = claims.holders[0] if claims and claims.holders else None
-        if (
-            claims is None
-            or holder is None
-            or holder.session_id != session_id
-            or (holder.token != token)
-        ):
-            raise NotHolder(name, token)
+        claims, holder = self._held(queue, session_id, token)
         self._remove(queue, claims, holder, expired=False)
         return holder
 
     async def proclaim(
         self, ref: ConversationRef, name: str, session_id: str, token: int, value: bytes
     ) -> Holder:
-        claims = self._queues.get((ref, FenceKind.ELECTION, name))
-        holder = claims.holders[0] if claims and claims.holders else None
-        if (
-            claims is None
-            or holder is None
-            or holder.session_id != session_id
-            or (holder.token != token)
-        ):
-            raise NotHolder(name, token)
+        claims, holder = self._held((ref, FenceKind.ELECTION, name), session_id, token)
         updated = Holder(ref, FenceKind.ELECTION, name, session_id, holder.agent_id, token, value)
         claims.holders[0] = updated
         self._revision += 1
         claims.wake()
         return updated
+
+    def _held(self, queue: Queue, session_id: str, token: int) -> tuple[_Claims, Holder]:
+        """The queue and its holder, if that is the session with that token; else NotHolder."""
+        claims = self._queues.get(queue)
+        holder = claims.holders[0] if claims and claims.holders else None
+        if (
+            claims is None
+            or holder is None
+            or (holder.session_id, holder.token)
+            != (
+                session_id,
+                token,
+            )
+        ):
+            raise NotHolder(queue[2], token)
+        return claims, holder
 
     async def holder(self, ref: ConversationRef, kind: FenceKind, name: str) -> Holder | None:
         claims = self._queues.get((ref, kind, name))
