@@ -6,14 +6,12 @@ the test run and stopped by it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -241,15 +239,6 @@ class EtcdCluster:
     def stop(self) -> None:
         for member in self.members:
             member.stop()
-
-
-@contextlib.contextmanager
-def running(server: RedisServer | EtcdCluster) -> Iterator[RedisServer | EtcdCluster]:
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class ServerProcess:
