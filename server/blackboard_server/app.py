@@ -59,6 +59,7 @@ class RunningServer:
     health: health.aio.HealthServicer
     metrics: Metrics
     metrics_port: int  # 0: /metrics is off
+    health_port: int = 0  # the health-only listener (`health_listen`); 0: off
 
     @property
     def address(self) -> str:
@@ -98,6 +99,40 @@ async def open_store(settings: Settings) -> StateStore:
         dedupe_window_ms=window_ms,
         timeout_s=settings.redis_timeout_s,
     )
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """The gRPC channel arguments of the main server."""
+    options = [
+        ("grpc.max_receive_message_length", settings.max_request_bytes),
+        ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
+        ("grpc.so_reuseport", 0),
+    ]
+    if settings.max_connection_age_s:
+        options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
+        if settings.max_connection_age_grace_s:
+            grace_ms = int(settings.max_connection_age_grace_s * 1000)
+            options.append(("grpc.max_connection_age_grace_ms", grace_ms))
+    return options
+
+
+@dataclass
+class HealthServer:
+    server: grpc.aio.Server
+    port: int
+
+
+async def open_health_server(listen: str, servicer: health.aio.HealthServicer) -> HealthServer:
+    """A plaintext server with grpc.health.v1 alone, sharing the main server's statuses.
+
+    Probes reach it without TLS or credentials; it answers nothing else. It stops
+    after the main server, so probes see NOT_SERVING for the whole drain.
+    """
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port(listen)
+    await server.start()
+    return HealthServer(server, port)
 
 
 @asynccontextmanager
@@ -182,11 +217,7 @@ async def serve(
 
         server = grpc.aio.server(
             interceptors=[ObservingInterceptor(metrics, tracing, tenant=settings.tenant)],
-            options=[
-                ("grpc.max_receive_message_length", settings.max_request_bytes),
-                ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
-                ("grpc.so_reuseport", 0),
-            ],
+            options=server_options(settings),
         )
         server.add_generic_rpc_handlers(
             [
@@ -198,6 +229,8 @@ async def serve(
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for name in HEALTH_SERVICES:  # the servicer starts SERVING: not before we are
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection(
             (
                 BLACKBOARD.full_name,
@@ -214,6 +247,11 @@ async def serve(
             exporter = MetricsServer(metrics, host, settings.metrics_port)
             stack.callback(exporter.close)
             metrics_port = exporter.port
+        health_port = 0
+        if settings.health_listen:
+            health_server = await open_health_server(settings.health_listen, health_servicer)
+            stack.push_async_callback(health_server.server.stop, None)
+            health_port = health_server.port
         await server.start()
         for name in HEALTH_SERVICES:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -225,8 +263,15 @@ async def serve(
         recorder = background.create_task(
             record_observations(coordinator, store, clock), name="coordination-recorder"
         )
-        running = RunningServer(settings, port, store, hub, health_servicer, metrics, metrics_port)
-        log.info("serving", address=running.address, metrics_port=metrics_port or None)
+        running = RunningServer(
+            settings, port, store, hub, health_servicer, metrics, metrics_port, health_port
+        )
+        log.info(
+            "serving",
+            address=running.address,
+            metrics_port=metrics_port or None,
+            health_port=health_port or None,
+        )
         try:
             yield running
         finally:

@@ -69,6 +69,16 @@ class Settings:
     sweep_interval_s: float = 0.2
     shutdown_grace_s: float = 10.0
     uvloop: bool = True
+    # Running behind a load balancer (docs/deploy.md). A connection older than
+    # max_connection_age_s is asked to go away (GOAWAY), so clients reconnect and
+    # spread over new replicas; its calls then get max_connection_age_grace_s to
+    # finish before it is closed. 0: off (for the grace: calls may take forever;
+    # without an age, the grace does nothing).
+    max_connection_age_s: float = 0.0
+    max_connection_age_grace_s: float = 0.0
+    # HOST:PORT of a plaintext listener serving only grpc.health.v1, for probes
+    # that cannot speak TLS or authenticate (Kubernetes gRPC probes); empty: off.
+    health_listen: str = ""
 
     @property
     def embedded(self) -> bool:
@@ -156,11 +166,27 @@ def validated(settings: Settings) -> Settings:
             raise SettingsError(f"{name}: must be a positive number of seconds")
     if not 0 <= int(port) <= 65535:
         raise SettingsError(f"listen: port {port} is out of range")
+    _validate_deployment(settings)
     if settings.default_page_size > settings.max_page_size:
         raise SettingsError("default_page_size: must not exceed max_page_size")
     if settings.max_request_bytes < settings.max_value_bytes + 64 * 1024:
         raise SettingsError("max_request_bytes: must leave room for a value of max_value_bytes")
     return settings
+
+
+def _validate_deployment(settings: Settings) -> None:
+    """The settings for running behind a load balancer and probes."""
+    for name in ("max_connection_age_s", "max_connection_age_grace_s"):
+        if not 0 <= getattr(settings, name) < float("inf"):
+            raise SettingsError(f"{name}: must be 0 (off) or a positive number of seconds")
+    if settings.health_listen:
+        host, _, port = settings.health_listen.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise SettingsError(
+                f"health_listen: expected HOST:PORT, got {settings.health_listen!r}"
+            )
+        if int(port) and port == settings.listen.rpartition(":")[2]:
+            raise SettingsError("health_listen: must not use the port of listen")
 
 
 def _is_loopback(host: str) -> bool:
