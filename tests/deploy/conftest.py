@@ -1,0 +1,35 @@
+"""The overlays, rendered once per session."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.deploy.manifests import Doc, kustomize, load_all
+
+OVERLAYS = ("dev", "prod")
+
+
+@pytest.fixture(scope="session")
+def rendered() -> dict[str, str]:
+    """The YAML `kubectl kustomize` makes of each overlay and of the load test."""
+    return {name: kustomize(name) for name in (*OVERLAYS, "loadtest")}
+
+
+@pytest.fixture(scope="session")
+def manifests(rendered: dict[str, str]) -> dict[str, list[Doc]]:
+    return {name: load_all(text) for name, text in rendered.items()}
+
+
+@pytest.fixture(params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def docs(manifests: dict[str, list[Doc]], overlay: str) -> list[Doc]:
+    return manifests[overlay]
+
+
+@pytest.fixture
+def prod(manifests: dict[str, list[Doc]]) -> list[Doc]:
+    return manifests["prod"]
