@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
@@ -171,6 +172,44 @@ async def test_metrics_move_by_exactly_the_workload(make_server: Any) -> None:
         exhausted = d.rpc("grpc_server_handled_total", BB, *sub, grpc_code="RESOURCE_EXHAUSTED")
         assert exhausted == 1
         assert d.rpc("grpc_server_started_total", BB, *sub) == 2
+
+
+@pytest.mark.parametrize("coordinator", ["memory", "etcd"])
+async def test_coordination_gauges_count_what_is_live(
+    make_server: Any, coordinator: str, request: pytest.FixtureRequest
+) -> None:
+    etcd = ",".join(request.getfixturevalue("etcd").endpoints) if coordinator == "etcd" else ""
+    settings = {"etcd_endpoints": etcd, "etcd_prefix": f"/bb-{uuid.uuid4().hex[:8]}"}
+    async with (
+        make_server(metrics_port=free_port(), census_interval_s=0.1, **settings) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        bb, co = pb_grpc.BlackboardStub(channel), pb_grpc.CoordinationStub(channel)
+        conv = await new_conv(bb)
+        gauges = ("blackboard_sessions", "blackboard_locks_held", "blackboard_leaders")
+
+        async def counted(expected: tuple[float, ...]) -> None:
+            seen: tuple[float, ...] = ()
+            async with asyncio.timeout(10):
+                while seen != expected:
+                    samples = await scrape(running.metrics_port)
+                    seen = tuple(samples.get((g, frozenset()), -1.0) for g in gauges)
+                    await asyncio.sleep(0.05)
+
+        await counted((0, 0, 0))
+        s1 = await co.OpenSession(pb.OpenSessionRequest(conversation_id=conv, ttl_ms=10_000))
+        s2 = await co.OpenSession(pb.OpenSessionRequest(conversation_id=conv, ttl_ms=10_000))
+        await co.AcquireLock(
+            pb.AcquireLockRequest(conversation_id=conv, name="job", session_id=s1.session_id)
+        )
+        await co.Campaign(
+            pb.CampaignRequest(conversation_id=conv, role="lead", session_id=s2.session_id)
+        )
+        await counted((2, 1, 1))
+        await co.CloseSession(
+            pb.CloseSessionRequest(conversation_id=conv, session_id=s1.session_id)
+        )
+        await counted((1, 0, 1))
 
 
 async def test_tracing_a_put_yields_an_rpc_span_with_a_child_store_span(backend: str) -> None:
