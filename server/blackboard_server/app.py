@@ -118,7 +118,8 @@ async def serve(
         metrics.changelog_retention.set(settings.retention)
         tracing = open_tracing(settings.tracing, settings.otlp_endpoint, span_exporter)
         if tracing is not None:
-            stack.callback(tracing.close)
+            # The last export is a blocking call: off the event loop, which may still serve.
+            stack.push_async_callback(asyncio.to_thread, tracing.close)
         store: StateStore = InstrumentedStore(
             await open_store(settings), "memory" if settings.embedded else "redis", metrics, tracing
         )

@@ -236,6 +236,49 @@ async def test_tracing_a_put_yields_an_rpc_span_with_a_child_store_span(backend:
     assert children[0].context.trace_id == parent.trace_id
 
 
+class Collector:
+    """An OTLP/gRPC trace collector: keeps the span names it is sent."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    async def Export(self, request: Any, context: Any) -> Any:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                self.names.extend(span.name for span in scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_otlp_exports_the_spans_to_a_collector() -> None:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    collector, receiver = Collector(), grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)  # type: ignore[no-untyped-call]
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    await receiver.start()
+    try:
+        settings = Settings(
+            listen="127.0.0.1:0",
+            uvloop=False,
+            tracing="otlp",
+            otlp_endpoint=f"http://127.0.0.1:{port}",
+        )
+        async with (
+            serve(settings) as running,
+            grpc.aio.insecure_channel(running.address) as channel,
+        ):
+            bb = pb_grpc.BlackboardStub(channel)
+            conv = await new_conv(bb)
+            await put(bb, conv, "k", "v")
+        # Closing the server flushes the batch of spans to the collector.
+        assert f"{BB}/Put" in collector.names and "memory commit" in collector.names
+        assert f"{BB}/CreateConversation" in collector.names
+    finally:
+        await receiver.stop(None)
+
+
 def test_tracing_is_off_by_default() -> None:
     assert Settings().tracing == "off"
     assert open_tracing("off", "") is None  # no provider, so no span is ever made
