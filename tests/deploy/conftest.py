@@ -7,12 +7,19 @@ import pytest
 from tests.deploy.manifests import Doc, kustomize, load_all
 
 OVERLAYS = ("dev", "prod")
+# Everything rendered: the overlays, the load test, the managed-backends example.
+RENDERS = {
+    "dev": "dev",
+    "prod": "prod",
+    "loadtest": "loadtest",
+    "managed": "examples/managed-backends",
+}
 
 
 @pytest.fixture(scope="session")
 def rendered() -> dict[str, str]:
     """The YAML `kubectl kustomize` makes of each overlay and of the load test."""
-    return {name: kustomize(name) for name in (*OVERLAYS, "loadtest")}
+    return {name: kustomize(path) for name, path in RENDERS.items()}
 
 
 @pytest.fixture(scope="session")

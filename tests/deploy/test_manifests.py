@@ -9,6 +9,7 @@ import re
 import pytest
 
 from blackboard_server.config import Settings
+from tests.deploy.conftest import RENDERS
 from tests.deploy.dockerfile import env_of, stages
 from tests.deploy.manifests import (
     ROOT,
@@ -99,7 +100,7 @@ def test_prod_has_budgets_for_the_servers_and_etcd(prod: list[Doc]) -> None:
     assert names == {"blackboard", "blackboard-etcd"}
 
 
-@pytest.mark.parametrize("name", ["dev", "prod", "loadtest"])
+@pytest.mark.parametrize("name", RENDERS)
 def test_containers_are_locked_down(manifests: dict[str, list[Doc]], name: str) -> None:
     for workload in workloads(manifests[name]):
         spec = pod_spec(workload)
@@ -125,7 +126,7 @@ def test_server_runs_as_the_images_user(docs: list[Doc]) -> None:
     assert (pod["runAsUser"], pod["runAsGroup"]) == (int(uid), int(gid))
 
 
-@pytest.mark.parametrize("name", ["dev", "prod", "loadtest"])
+@pytest.mark.parametrize("name", RENDERS)
 def test_every_container_has_requests_and_limits(
     manifests: dict[str, list[Doc]], name: str
 ) -> None:
@@ -136,7 +137,7 @@ def test_every_container_has_requests_and_limits(
                 assert set(resources[kind]) >= {"cpu", "memory"}, container["name"]
 
 
-@pytest.mark.parametrize("name", ["dev", "prod", "loadtest"])
+@pytest.mark.parametrize("name", RENDERS)
 def test_images_are_pinned(manifests: dict[str, list[Doc]], name: str) -> None:
     for workload in workloads(manifests[name]):
         for container in containers(pod_spec(workload)):
@@ -319,3 +320,24 @@ def test_image_defaults_are_overridden_consistently(docs: list[Doc]) -> None:
     settings = server_settings(docs)
     for key, value in image.items():
         assert settings.get(key, value) == value, key
+
+
+def test_managed_backends_example_drops_the_bundled_ones(
+    manifests: dict[str, list[Doc]],
+) -> None:
+    docs = manifests["managed"]
+    names = {d["metadata"]["name"] for d in docs}
+    assert not {n for n in names if n.startswith(("blackboard-redis", "blackboard-etcd"))}
+    s = loaded(docs)
+    assert s.redis_url.startswith("rediss://") and len(s.etcd) == 3
+    assert {d["metadata"]["name"] for d in find(docs, "PodDisruptionBudget")} == {"blackboard"}
+    policy = one(docs, "NetworkPolicy", "blackboard-server")
+    blocks = [
+        peer["ipBlock"]
+        for rule in policy["spec"]["egress"]
+        for peer in rule["to"]
+        if "ipBlock" in peer
+    ]
+    assert len(blocks) == 2
+    # Everything else of prod is still there.
+    assert one(docs, "HorizontalPodAutoscaler", "blackboard") and one(docs, "ServiceMonitor")

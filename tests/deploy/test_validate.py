@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deploy.conftest import RENDERS
 from tests.deploy.manifests import (
     CRD_SCHEMAS,
     K8S,
@@ -19,8 +20,6 @@ from tests.deploy.manifests import (
     one,
     validate_builtin,
 )
-
-RENDERS = ("dev", "prod", "loadtest")
 
 
 def write(docs: list[Doc], path: Path) -> Path:
