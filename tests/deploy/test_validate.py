@@ -66,7 +66,7 @@ CONTAINER = ("spec", "template", "spec", "containers", 0)
 @pytest.mark.parametrize(
     ("path", "wrong"),
     [
-        (("spec", "replicas"), "replica"),
+        (("spec", "strategy"), "stratgy"),
         ((*CONTAINER, "readinessProbe", "grpc", "port"), "prot"),
         ((*CONTAINER, "securityContext", "readOnlyRootFilesystem"), "readOnlyRootFileSystem"),
         (("spec", "template", "spec", "terminationGracePeriodSeconds"), "terminationGracePeriod"),
