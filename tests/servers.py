@@ -53,12 +53,19 @@ class RedisServer:
     """One redis-server. `durable` turns on AOF with appendfsync always."""
 
     def __init__(
-        self, workdir: Path, *, durable: bool = False, port: int = 0, extra: tuple[str, ...] = ()
+        self,
+        workdir: Path,
+        *,
+        durable: bool = False,
+        port: int = 0,
+        extra: tuple[str, ...] = (),
+        config_file: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.durable = durable
         self.extra = extra
+        self.config_file = config_file  # read first; the flags below override it
         self.proc: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
@@ -69,6 +76,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         args = [
             require("redis-server"),
+            *([str(self.config_file)] if self.config_file else []),
             "--port",
             str(self.port),
             "--bind",

@@ -149,3 +149,11 @@ def server_settings(docs: list[Doc]) -> dict[str, str]:
     (server,) = pod_spec(deployment)["containers"]
     (source,) = server["envFrom"]
     return dict(one(docs, "ConfigMap", source["configMapRef"]["name"])["data"])
+
+
+def redis_config(docs: list[Doc]) -> tuple[str, str, Doc]:
+    """The bundled Redis's config file: its name, its text, and the volume it is mounted from."""
+    spec = pod_spec(one(docs, "StatefulSet", "blackboard-redis"))
+    volume = next(v for v in spec["volumes"] if "configMap" in v)
+    ((name, text),) = one(docs, "ConfigMap", volume["configMap"]["name"])["data"].items()
+    return name, text, volume

@@ -18,6 +18,7 @@ from tests.deploy.manifests import (
     find,
     one,
     pod_spec,
+    redis_config,
     selects,
     server_settings,
     workloads,
@@ -241,11 +242,8 @@ def test_prod_etcd_has_three_members_on_three_nodes(prod: list[Doc]) -> None:
 
 def test_redis_keeps_an_fsynced_aof_on_a_volume(docs: list[Doc]) -> None:
     redis = one(docs, "StatefulSet", "blackboard-redis")
-    spec = pod_spec(redis)
-    (container,) = spec["containers"]
-    config_volume = next(v for v in spec["volumes"] if "configMap" in v)
-    config = one(docs, "ConfigMap", config_volume["configMap"]["name"])
-    (text,) = config["data"].values()
+    (container,) = pod_spec(redis)["containers"]
+    file_name, text, config_volume = redis_config(docs)
     directives = dict(
         line.split(None, 1) for line in text.splitlines() if line and not line.startswith("#")
     )
@@ -255,9 +253,7 @@ def test_redis_keeps_an_fsynced_aof_on_a_volume(docs: list[Doc]) -> None:
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     assert mounts["data"] == directives["dir"]
     assert "data" in [t["metadata"]["name"] for t in redis["spec"]["volumeClaimTemplates"]]
-    assert (
-        container["command"][-1] == f"{mounts[config_volume['name']]}/{next(iter(config['data']))}"
-    )
+    assert container["command"][-1] == f"{mounts[config_volume['name']]}/{file_name}"
 
 
 def test_a_clusterip_and_a_headless_service_reach_the_servers(docs: list[Doc]) -> None:

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from tests.deploy.dockerfile import env_of, stages
-from tests.deploy.manifests import ROOT, Doc, server_settings
+from tests.deploy.manifests import ROOT, Doc, redis_config, server_settings
 from tests.servers import EtcdCluster, RedisServer, free_port, require, wait_for
 
 
@@ -46,6 +46,22 @@ def localised(env: dict[str, str], redis: RedisServer, etcd: EtcdCluster) -> dic
 
 
 @pytest.fixture
+def redis_prod(prod: list[Doc], tmp_path: Path) -> Iterator[RedisServer]:
+    """redis-server with the prod overlay's redis.conf (address and directory moved here)."""
+    _, text, _ = redis_config(prod)
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    # Redis changes to `dir` while it reads the file, before any flag can override it.
+    lines = [f"dir {workdir}" if line.startswith("dir ") else line for line in text.splitlines()]
+    assert f"dir {workdir}" in lines
+    path = tmp_path / "redis.conf"
+    path.write_text("\n".join(lines) + "\n")
+    server = RedisServer(workdir, durable=True, config_file=path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def etcd3(tmp_path: Path) -> Iterator[EtcdCluster]:
     cluster = EtcdCluster(tmp_path / "etcd", size=3).start()
     yield cluster
@@ -69,9 +85,9 @@ def local(address: str) -> str:
 
 @pytest.mark.slow
 def test_server_serves_with_the_prod_environment(
-    prod: list[Doc], redis_server: RedisServer, etcd3: EtcdCluster, tmp_path: Path
+    prod: list[Doc], redis_prod: RedisServer, etcd3: EtcdCluster, tmp_path: Path
 ) -> None:
-    env = localised(pod_environment(prod), redis_server, etcd3)
+    env = localised(pod_environment(prod), redis_prod, etcd3)
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("BB_")}
     server_log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
@@ -98,7 +114,11 @@ def test_server_serves_with_the_prod_environment(
         # It wrote to this Redis and registered with this etcd.
         import redis
 
-        assert redis.Redis.from_url(redis_server.url).dbsize() > 0
+        client = redis.Redis.from_url(redis_prod.url, decode_responses=True)
+        assert client.dbsize() > 0
+        # ...a Redis running the overlay's redis.conf.
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("appendfsync") == {"appendfsync": "always"}
         keys = subprocess.run(
             [
                 require("etcdctl"),
