@@ -14,7 +14,7 @@ all: test
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,fast]'
+	$(BIN)/pip install -q -e '.[dev,fast,loadtest]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -40,7 +40,7 @@ check-protos: protos
 lint: $(STAMP)
 	$(BIN)/ruff check server clients tests
 	$(BIN)/ruff format --check server clients tests
-	$(BIN)/mypy server/blackboard_server clients/blackboard_client
+	$(BIN)/mypy server/blackboard_server clients/blackboard_client clients/loadtest
 
 run: $(STAMP)
 	$(BIN)/blackboard-server
