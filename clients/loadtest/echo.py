@@ -2,9 +2,9 @@
 
 One generic handler, bytes in and bytes out (identity serializers), no servicer
 logic: what is left is the cost of grpc.aio itself on this machine. Serves the
-standard health service so the benchmark can wait for it like for the real server.
+standard health service so the harness can wait for it like for the real server.
 
-    python -m tests.bench_echo --listen 127.0.0.1:PORT
+    python -m loadtest.echo --listen 127.0.0.1:PORT
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-SERVICE = "bench.Echo"
+SERVICE = "loadtest.Echo"
 METHOD = f"/{SERVICE}/Echo"
 
 
