@@ -53,7 +53,8 @@ async def run_scenario(ep: Endpoint, spec: RunSpec) -> dict[str, Any]:
         await _create(ctx)
         procs = await _subscribe(ctx, spec)
         await scenario.setup(ctx)
-        meter = CpuMeter({"client": os.getpid(), **ep.pids}) if ep.pids else None
+        subscribers = {f"subscribers-{i}": p.proc.pid for i, p in enumerate(procs)}
+        meter = CpuMeter({"client": os.getpid(), **ep.pids, **subscribers}) if ep.pids else None
         sampler = asyncio.create_task(meter.sample_every()) if meter else None
         if meter:
             meter.start()
