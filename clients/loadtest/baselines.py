@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import redis.asyncio as aioredis
 
 from blackboard.v1 import blackboard_pb2 as pb
@@ -66,7 +67,7 @@ async def echo_baseline(shape: Shape, workdir: Path, channels: int) -> dict[str,
     try:
         ep = Endpoint(address)
         chans = [ep.channel() for _ in range(channels)]
-        calls = [
+        calls: list[grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]] = [
             c.unary_unary(echo.METHOD, request_serializer=None, response_deserializer=None)
             for c in chans
         ]

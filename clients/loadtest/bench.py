@@ -73,7 +73,9 @@ class Phase:
 PHASES: list[Phase] = []
 
 
-def phase(name: str, *, full_only: bool = False, server: str = "data") -> Callable[[PhaseFn], PhaseFn]:
+def phase(
+    name: str, *, full_only: bool = False, server: str = "data"
+) -> Callable[[PhaseFn], PhaseFn]:
     def add(fn: PhaseFn) -> PhaseFn:
         PHASES.append(Phase(name, fn, full_only, server))
         return fn
@@ -168,9 +170,7 @@ async def _many(b: Bench) -> dict[str, Any]:
     """Put latency at 1000 writes/s over 1, then over 100,000 conversations."""
     shape = b.shape(rate=1000.0)
     one = _unary(await _scenario(b, "write-heavy", shape, keys=1), "put")
-    many = _unary(
-        await _scenario(b, "write-heavy", shape, keys=1, conversations=100_000), "put"
-    )
+    many = _unary(await _scenario(b, "write-heavy", shape, keys=1, conversations=100_000), "put")
     return {"one": one, "many": many}
 
 

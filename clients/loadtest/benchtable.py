@@ -64,15 +64,26 @@ def targets(r: dict[str, Any]) -> list[Row]:
     for key, n, limit in (("fanout_1000", 1000, 100.0), ("fanout", 100, 20.0)):
         lag = _get(r, key, "delivery", "commit_to_delivery", "p99_ms")
         if key not in r:
-            rows.append(Row(f"fan-out {n} subscribers p99 lag, ms", "not run", f"<= {limit:g} (--full)"))
+            rows.append(
+                Row(f"fan-out {n} subscribers p99 lag, ms", "not run", f"<= {limit:g} (--full)")
+            )
             continue
         rows.append(_limit(f"fan-out {n} subscribers p99 lag, ms", lag, limit))
         rate = _get(r, key, "delivery", "deliveries_per_s") or 0.0
         want = 200 * n
-        rows.append(Row(f"fan-out {n} deliveries/s", f"{rate:,.0f}", f">= {0.95 * want:,.0f}", rate >= 0.95 * want))
+        rows.append(
+            Row(
+                f"fan-out {n} deliveries/s",
+                f"{rate:,.0f}",
+                f">= {0.95 * want:,.0f}",
+                rate >= 0.95 * want,
+            )
+        )
     for case in _get(r, "coordination", "handoff") or []:
         when = f"after {case['settle_ms']} ms" if case["settle_ms"] else "at once"
-        rows.append(_limit(f"lock hand-off ({when}) p50, ms", case["server"]["p50_ms"], HANDOFF_P50_MS))
+        rows.append(
+            _limit(f"lock hand-off ({when}) p50, ms", case["server"]["p50_ms"], HANDOFF_P50_MS)
+        )
     rss = _get(r, "idle_10000", "peak_rss_mib", "server")
     rows.append(
         _limit("10,000 idle subscribers: server RSS, MiB", rss, 1024.0)
@@ -82,7 +93,14 @@ def targets(r: dict[str, Any]) -> list[Row]:
     one = _get(r, "conversations_100000", "one", "latency", "p99_ms")
     many = _get(r, "conversations_100000", "many", "latency", "p99_ms")
     if one and many:
-        rows.append(Row("p99 Put, 100,000 / 1 conversations", f"{many / one:.2f}", "<= 1.20", many / one <= 1.2))
+        rows.append(
+            Row(
+                "p99 Put, 100,000 / 1 conversations",
+                f"{many / one:.2f}",
+                "<= 1.20",
+                many / one <= 1.2,
+            )
+        )
     else:
         rows.append(Row("p99 Put, 100,000 / 1 conversations", "not run", "<= 1.20 (--full)"))
     return rows
@@ -119,7 +137,9 @@ def figures(r: dict[str, Any]) -> list[Row]:
     d = r.get("durable_put_sdk", {})
     for key in ("sdk_put", "etcd_put"):
         if key in d and "achieved_per_s" in d[key]:
-            rows.append(Row(f"{key.replace('_', ' ')} ops/s (durable)", f"{d[key]['achieved_per_s']:,.0f}"))
+            rows.append(
+                Row(f"{key.replace('_', ' ')} ops/s (durable)", f"{d[key]['achieved_per_s']:,.0f}")
+            )
     if _get(d, "etcd_put", "lag"):
         rows.append(Row("etcd put -> watch p50 / p99 ms", _pair(d["etcd_put"]["lag"])))
     co = r.get("coordination", {})
@@ -130,7 +150,10 @@ def figures(r: dict[str, Any]) -> list[Row]:
             rows += [
                 Row(f"lock hand-off ({when}) p50 / p99 ms", _pair(case["server"])),
                 Row(f"etcd v3lock hand-off ({when}) p50/p99", _pair(case["etcd_v3lock"])),
-                Row(f"hand-off p50 server / v3lock ({when})", f"{case['p50_ratio_server_to_v3lock']:.2f}"),
+                Row(
+                    f"hand-off p50 server / v3lock ({when})",
+                    f"{case['p50_ratio_server_to_v3lock']:.2f}",
+                ),
             ]
     return rows
 
@@ -143,10 +166,24 @@ def _fanout_rows(fan: dict[str, Any]) -> list[Row]:
     done = fan["achieved_per_s"]
     checked = fan["check"]
     return [
-        Row("fan-out writes done/s", f"{done:.1f}", f">= {0.95 * sent:g} of {sent:g} sent", done >= 0.95 * sent),
-        Row("fan-out deliveries/s", f"{d['deliveries_per_s']:,.0f}", f"{sent * d['subscribers']:,.0f}"),
+        Row(
+            "fan-out writes done/s",
+            f"{done:.1f}",
+            f">= {0.95 * sent:g} of {sent:g} sent",
+            done >= 0.95 * sent,
+        ),
+        Row(
+            "fan-out deliveries/s",
+            f"{d['deliveries_per_s']:,.0f}",
+            f"{sent * d['subscribers']:,.0f}",
+        ),
         Row("fan-out events per stream msg", f"{d['events_per_message']:.2f}"),
-        Row("deliveries, every subscriber gapless", f"{d['deliveries']:,}", "all, once, in order", checked["passed"]),
+        Row(
+            "deliveries, every subscriber gapless",
+            f"{d['deliveries']:,}",
+            "all, once, in order",
+            checked["passed"],
+        ),
         Row("commit->delivery p50 / p99 ms", _pair(d["commit_to_delivery"])),
         Row("writer send->delivery p50/p99 ms", _pair(d["send_to_delivery"])),
         Row("writer put p50 / p99 ms (from intended)", _pair(fan["latency"])),
@@ -184,16 +221,26 @@ def print_bench(r: dict[str, Any]) -> None:
             continue
         cpu = phase.get("cpu_pct_of_one_core")
         if cpu:
-            print(f"cpu during {name}, % of one core: " + ", ".join(f"{k} {v:g}" for k, v in cpu.items() if not math.isnan(v)))
+            print(
+                f"cpu during {name}, % of one core: "
+                + ", ".join(f"{k} {v:g}" for k, v in cpu.items() if not math.isnan(v))
+            )
             if cpu.get("other", 0.0) > NOISY_PCT:
-                named = ", ".join(f"{n} {p:g}%" for n, p in phase.get("busiest_other_processes", []))
-                print(f"WARNING: during {name} something else used {cpu['other']:g}% of a core ({named}): run again on a quiet machine")
+                named = ", ".join(
+                    f"{n} {p:g}%" for n, p in phase.get("busiest_other_processes", [])
+                )
+                print(
+                    f"WARNING: during {name} something else used {cpu['other']:g}% of a core "
+                    f"({named}): run again on a quiet machine"
+                )
         if phase.get("errors"):
             print(f"{name} errors: {phase['errors']}")
         for problem in _get(phase, "check", "problems") or []:
             print(f"{name}: {problem}")
     for name, summary in r.get("profile", {}).items():
-        print(f"\npy-spy during {name} ({summary['idle_pct']:g}% of samples idle), % of busy samples:")
+        print(
+            f"\npy-spy during {name} ({summary['idle_pct']:g}% of samples idle), % of busy samples:"
+        )
         for share, function in summary["own"][:8]:
             print(f"  {share:5.1f} {function[:90]}")
     if "server_died" in r:

@@ -118,7 +118,7 @@ def check(ledger: Ledger, seen: Observed, streams: Iterable[dict[str, Any]]) -> 
 
 
 async def readback(
-    stub: pb_grpc.BlackboardStub,
+    stub: pb_grpc.BlackboardAsyncStub,
     ledger: Ledger,
     metadata: tuple[tuple[str, str], ...] = (),
     parallel: int = 32,
@@ -159,7 +159,7 @@ async def readback(
 
 
 async def _range(
-    stub: pb_grpc.BlackboardStub, conv: str, prefix: str, metadata: tuple[tuple[str, str], ...]
+    stub: pb_grpc.BlackboardAsyncStub, conv: str, prefix: str, metadata: tuple[tuple[str, str], ...]
 ) -> list[pb.Entry]:
     found: list[pb.Entry] = []
     token, revision = "", 0

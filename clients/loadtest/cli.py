@@ -24,12 +24,12 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from loadtest import coordination as _coordination  # noqa: F401  (registers its scenarios)
+from loadtest.catalog import SCENARIOS, scenario_names
 from loadtest.loop import Shape
 from loadtest.procs import machine
 from loadtest.report import print_run
 from loadtest.run import RunSpec, run_scenario
-from loadtest.scenarios import SCENARIOS, Options, scenario_names
+from loadtest.scenarios import Options
 from loadtest.target import Plan, endpoint
 
 T = TypeVar("T")

@@ -36,7 +36,9 @@ class WithSessions(Scenario):
 
     async def teardown(self, ctx: Context) -> None:
         async def close(w: int, session: str) -> None:
-            request = pb.CloseSessionRequest(conversation_id=ctx.conversation(w), session_id=session)
+            request = pb.CloseSessionRequest(
+                conversation_id=ctx.conversation(w), session_id=session
+            )
             await ctx.coord(w).CloseSession(request, metadata=ctx.meta(w), timeout=30)
 
         await asyncio.gather(*(close(w, s) for w, s in self.sessions.items()))

@@ -26,8 +26,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
-
 from blackboard.etcd import lock_pb2
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
@@ -77,7 +75,7 @@ async def run_locks(ep: Endpoint, rounds: int, count: int, settle_ms: int) -> di
 # --- round trip --------------------------------------------------------------
 
 
-async def open_session(coord: pb_grpc.CoordinationStub, conversation: str, agent: str) -> str:
+async def open_session(coord: pb_grpc.CoordinationAsyncStub, conversation: str, agent: str) -> str:
     session = await coord.OpenSession(
         pb.OpenSessionRequest(conversation_id=conversation, ttl_ms=SESSION_TTL_MS),
         metadata=((AGENT_HEADER, agent),),
@@ -87,7 +85,7 @@ async def open_session(coord: pb_grpc.CoordinationStub, conversation: str, agent
 
 
 async def acquire(
-    coord: pb_grpc.CoordinationStub, conversation: str, name: str, session: str, wait_ms: int
+    coord: pb_grpc.CoordinationAsyncStub, conversation: str, name: str, session: str, wait_ms: int
 ) -> pb.Holder:
     request = pb.AcquireLockRequest(
         conversation_id=conversation, session_id=session, name=name, wait_ms=wait_ms
@@ -96,7 +94,7 @@ async def acquire(
     return holder
 
 
-async def release(coord: pb_grpc.CoordinationStub, held: pb.Holder) -> None:
+async def release(coord: pb_grpc.CoordinationAsyncStub, held: pb.Holder) -> None:
     request = pb.ReleaseLockRequest(
         conversation_id=held.conversation_id,
         session_id=held.session_id,
@@ -106,7 +104,9 @@ async def release(coord: pb_grpc.CoordinationStub, held: pb.Holder) -> None:
     await coord.ReleaseLock(request, timeout=CALL_TIMEOUT_S)
 
 
-async def round_trips(coord: pb_grpc.CoordinationStub, conversation: str, count: int) -> Latencies:
+async def round_trips(
+    coord: pb_grpc.CoordinationAsyncStub, conversation: str, count: int
+) -> Latencies:
     session = await open_session(coord, conversation, "bench-round-trip")
     latencies = Latencies()
     for i in range(WARMUP + count):
@@ -125,7 +125,7 @@ async def round_trips(coord: pb_grpc.CoordinationStub, conversation: str, count:
 
 
 async def handoffs(
-    coord: pb_grpc.CoordinationStub,
+    coord: pb_grpc.CoordinationAsyncStub,
     etcd: EtcdClient,
     layout: Layout,
     tenant: str,
@@ -166,7 +166,7 @@ async def handoffs(
 
 
 async def server_block(
-    coord: pb_grpc.CoordinationStub,
+    coord: pb_grpc.CoordinationAsyncStub,
     etcd: EtcdClient,
     queue: bytes,
     conversation: str,

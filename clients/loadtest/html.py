@@ -59,7 +59,9 @@ def bar_chart(title: str, buckets: list[tuple[float, int]]) -> str:
             f'height="{h:.1f}" fill="#1f77b4"><title>&le; {upper:g} ms: {n:,}</title></rect>'
         )
     first = buckets[0][0]
-    parts.append(f'<text x="{PAD}" y="{H - PAD + 14}" font-size="10">{first:g} ms (log scale)</text>')
+    parts.append(
+        f'<text x="{PAD}" y="{H - PAD + 14}" font-size="10">{first:g} ms (log scale)</text>'
+    )
     return _svg(parts)
 
 
@@ -130,7 +132,7 @@ td:first-child{{text-align:left}}svg.plot{{display:block;margin:1em 0}}</style><
 <table><tr>{head}</tr>{rows}</table>
 <p>correctness check: <b>{verdict}</b></p><ul>{problems}</ul>
 {"".join(plots(run))}
-<details><summary>everything else (JSON)</summary><pre>{html.escape(json.dumps(slim, indent=1))}</pre>
-</details></body></html>
+<details><summary>everything else (JSON)</summary>
+<pre>{html.escape(json.dumps(slim, indent=1))}</pre></details></body></html>
 """
     path.write_text(body)

@@ -9,11 +9,16 @@ NOISY_PCT = 25.0  # CPU of one core used by others during a run before we warn
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("-" * len(lines[0]))
     for r in rows:
-        cells = [r[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True))]
+        cells = [
+            r[0].ljust(widths[0]),
+            *(c.rjust(w) for c, w in zip(r[1:], widths[1:], strict=True)),
+        ]
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -123,7 +128,11 @@ def print_compare(run: dict[str, Any], compare: dict[str, Any]) -> None:
             rows.append([name, "ERROR", "", "", "", base["error"][:60]])
             continue
         lat = base["latency"]
-        ratio = ours["achieved_per_s"] / base["achieved_per_s"] if ours and base["achieved_per_s"] else math.nan
+        ratio = (
+            ours["achieved_per_s"] / base["achieved_per_s"]
+            if ours and base["achieved_per_s"]
+            else math.nan
+        )
         p99 = ours["latency"]["p99_ms"] / lat["p99_ms"] if ours and lat["p99_ms"] else math.nan
         rows.append(
             [
@@ -136,5 +145,14 @@ def print_compare(run: dict[str, Any], compare: dict[str, Any]) -> None:
             ]
         )
         if "lag" in base:
-            rows.append([f"{name} watch lag", "", ms(base["lag"]["p50_ms"]), ms(base["lag"]["p99_ms"]), "", ""])
+            rows.append(
+                [
+                    f"{name} watch lag",
+                    "",
+                    ms(base["lag"]["p50_ms"]),
+                    ms(base["lag"]["p99_ms"]),
+                    "",
+                    "",
+                ]
+            )
     print(table(["baseline", "per s", "p50 ms", "p99 ms", "rate ratio", "p99 ratio"], rows))

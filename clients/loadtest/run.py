@@ -12,11 +12,11 @@ from typing import Any
 
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
-from loadtest import coordination as _coordination  # noqa: F401  (registers its scenarios)
+from loadtest.catalog import SCENARIOS
 from loadtest.check import Ledger, check, readback
 from loadtest.loop import Recorder, Shape, run_steps
 from loadtest.procs import CpuMeter
-from loadtest.scenarios import SCENARIOS, Context, Options
+from loadtest.scenarios import Context, Options
 from loadtest.stats import Latencies
 from loadtest.streams import Stream, caught_up, follow
 from loadtest.subscriber import SubscriberProcess
@@ -58,7 +58,9 @@ async def run_scenario(ep: Endpoint, spec: RunSpec) -> dict[str, Any]:
         sampler = asyncio.create_task(meter.sample_every()) if meter else None
         if meter:
             meter.start()
-        seconds = await run_steps(shape, functools.partial(scenario.step, ctx), ctx.rec, progress=spec.progress)
+        seconds = await run_steps(
+            shape, functools.partial(scenario.step, ctx), ctx.rec, progress=spec.progress
+        )
         cpu = meter.stop() if meter else {}
         if sampler:
             sampler.cancel()
@@ -143,9 +145,9 @@ async def _subscribe(ctx: Context, spec: RunSpec) -> list[SubscriberProcess]:
     ]
     try:
         for proc in procs:
-            ready = await proc.receive(120)
-            if not ready["ready"]:
-                raise RuntimeError(f"subscribers failed to start: {ready['errors']}")
+            answer = await proc.receive(120)
+            if not answer["ready"]:
+                raise RuntimeError(f"subscribers failed to start: {answer['errors']}")
     except BaseException:
         for proc in procs:
             proc.stop()

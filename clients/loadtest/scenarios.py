@@ -61,10 +61,10 @@ class Context:
     wall_offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
     sdk_client: Any = None
 
-    def data(self, worker: int) -> pb_grpc.BlackboardStub:
+    def data(self, worker: int) -> pb_grpc.BlackboardAsyncStub:
         return pb_grpc.BlackboardStub(self.channels[worker % len(self.channels)])
 
-    def coord(self, worker: int) -> pb_grpc.CoordinationStub:
+    def coord(self, worker: int) -> pb_grpc.CoordinationAsyncStub:
         return pb_grpc.CoordinationStub(self.channels[worker % len(self.channels)])
 
     def conversation(self, worker: int) -> str:
@@ -133,10 +133,6 @@ S = TypeVar("S", bound=type[Scenario])
 def register(cls: S) -> S:
     SCENARIOS[cls.name] = cls
     return cls
-
-
-def scenario_names() -> list[str]:
-    return sorted(SCENARIOS)
 
 
 @register

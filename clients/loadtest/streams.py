@@ -91,7 +91,7 @@ class Stream:
 
 
 async def follow(
-    stub: pb_grpc.BlackboardStub,
+    stub: pb_grpc.BlackboardAsyncStub,
     conversation: str,
     stream: Stream,
     synced: asyncio.Event,

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
@@ -26,11 +27,15 @@ from loadtest.target import Endpoint
 
 
 async def run(args: argparse.Namespace) -> None:
-    ca = open(args.tls_ca, "rb").read() if args.tls_ca else None  # noqa: ASYNC230
-    ep = Endpoint(args.target, tls_ca=ca, tls=args.tls, token=os.environ.get("BB_LOADTEST_TOKEN", ""))
+    ca = await asyncio.to_thread(Path(args.tls_ca).read_bytes) if args.tls_ca else None
+    ep = Endpoint(
+        args.target, tls_ca=ca, tls=args.tls, token=os.environ.get("BB_LOADTEST_TOKEN", "")
+    )
     channels = [ep.channel() for _ in range(args.channels)]
     stubs = [pb_grpc.BlackboardStub(c) for c in channels]
-    jobs = [(conv, Stream(), asyncio.Event()) for conv in args.conversation for _ in range(args.streams)]
+    jobs = [
+        (conv, Stream(), asyncio.Event()) for conv in args.conversation for _ in range(args.streams)
+    ]
     tasks = [
         asyncio.create_task(follow(stubs[i % len(stubs)], conv, s, e, ep.metadata()))
         for i, (conv, s, e) in enumerate(jobs)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 AGENT_HEADER = "x-agent-id"
 
@@ -99,7 +99,9 @@ def _etcd_ready(port: int) -> bool:
 
 async def start_redis(workdir: Path, *, durable: bool = False) -> tuple[Process, str]:
     port = free_port()
-    fsync = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    fsync = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    )
     argv = [binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1"]
     argv += ["--dir", str(workdir), "--save", "", "--loglevel", "warning", *fsync]
     proc = Process("redis", argv, workdir)
@@ -133,10 +135,14 @@ async def start_server(
 
 def _serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
+        # Not HealthStub: its type stubs do not declare Check.
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=0.5
-            )
+            reply = check(health_pb2.HealthCheckRequest(), timeout=0.5)
         except grpc.RpcError:
             return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
@@ -195,10 +201,12 @@ class Plan:
 
 
 @contextlib.asynccontextmanager
-async def endpoint(plan: Plan, extra_env: Mapping[str, str] | None = None) -> AsyncIterator[Endpoint]:
+async def endpoint(
+    plan: Plan, extra_env: Mapping[str, str] | None = None
+) -> AsyncIterator[Endpoint]:
     """Starts what `plan` asks for, yields where it is, stops it all on exit."""
     started: list[Process] = []
-    ca = Path(plan.tls_ca).read_bytes() if plan.tls_ca else None
+    ca = await asyncio.to_thread(Path(plan.tls_ca).read_bytes) if plan.tls_ca else None
     try:
         if plan.address:
             yield Endpoint(

@@ -1,0 +1,103 @@
+"""bb-loadtest's pure parts: open-loop scheduling, the correctness check, histograms."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loadtest.check import Ledger, Observed, check
+from loadtest.loop import intended_ns, open_loop_latency_us
+from loadtest.stats import Latencies
+
+
+def test_open_loop_steps_are_due_at_fixed_intervals_from_t0() -> None:
+    assert [intended_ns(1_000, i, 1000.0) for i in range(4)] == [
+        1_000,
+        1_001_000,
+        2_001_000,
+        3_001_000,
+    ]
+    assert intended_ns(0, 3, 3.0) == 1_000_000_000
+
+
+def test_open_loop_latency_includes_the_time_a_send_waited_behind_a_stall() -> None:
+    # Step due at 10 ms; the loop stalled, so it left at 50 ms and completed at 51 ms.
+    latency, late = open_loop_latency_us(10_000_000, 50_000_000, 51_000_000)
+    assert (latency, late) == (41_000, 40_000)
+    # On time: the latency is the service time alone.
+    assert open_loop_latency_us(10_000_000, 10_000_000, 11_000_000) == (1_000, 0)
+
+
+def stream(conv: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "conversation": conv,
+        "last": 10,
+        "missing": 0,
+        "duplicates": 0,
+        "resets": 0,
+        "error": "",
+    } | kw
+
+
+def sound() -> tuple[Ledger, Observed]:
+    ledger = Ledger()
+    ledger.put("c", "a", 3)
+    ledger.put("c", "a", 5)
+    ledger.appended("c", "log", "log/7", 7)
+    ledger.counters[("c", "n")] = 0
+    ledger.incremented("c", "n", 9)
+    ledger.incremented("c", "n", 10)
+    seen = Observed(
+        mod_revisions={("c", "a"): 5, ("c", "n"): 10},
+        children={("c", "log"): {"log/7"}},
+        counters={("c", "n"): 2},
+        heads={"c": 10},
+    )
+    return ledger, seen
+
+
+def test_the_check_passes_when_everything_acknowledged_is_there() -> None:
+    ledger, seen = sound()
+    verdict = check(ledger, seen, [stream("c")])
+    assert verdict.ok and verdict.problems == []
+    assert verdict.checked == {
+        "acknowledged_keys": 2,
+        "appended_children": 1,
+        "counters": 1,
+        "subscribers": 1,
+    }
+
+
+def test_the_check_finds_each_kind_of_problem() -> None:
+    ledger, seen = sound()
+    seen.mod_revisions.pop(("c", "a"))
+    seen.children[("c", "log")] = set()
+    seen.counters[("c", "n")] = 1
+    verdict = check(ledger, seen, [stream("c", missing=1), stream("c", last=8)])
+    assert not verdict.ok
+    text = "\n".join(verdict.problems)
+    assert "lost write: c/a acknowledged at 5, now absent" in text
+    assert "lost appends under c/log: 1" in text
+    assert "counter c/n is 1, 2 increments acknowledged" in text
+    assert "subscriber 0 of c: 1 skipped" in text
+    assert "subscriber 1 of c: 0 skipped, 2 never received" in text
+    assert len(verdict.problems) == 5
+
+
+def test_a_key_behind_its_acknowledged_revision_is_lost_but_a_failed_write_may_land() -> None:
+    ledger, seen = sound()
+    seen.mod_revisions[("c", "a")] = 4
+    assert not check(ledger, seen, []).ok
+    seen.mod_revisions[("c", "a")] = 6  # a later write the client never heard back from
+    assert not check(ledger, seen, []).ok
+    ledger.failed("c", "a")
+    assert check(ledger, seen, []).ok
+
+
+def test_percentiles_are_ordered_and_never_above_the_max() -> None:
+    lat = Latencies()
+    lat.extend(range(1, 10_001))
+    s = lat.summary()
+    values = [s[k] for k in ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms")]
+    assert values == sorted(values)
+    assert s["max_ms"] == 10.0 and abs(s["p50_ms"] - 5.0) < 0.01
+    assert sum(n for _, n in lat.buckets()) == 10_000
