@@ -9,8 +9,6 @@ from typing import Any
 
 from loadtest.report import NOISY_PCT, table
 
-HANDOFF_P50_MS = 10.0
-
 
 @dataclass(frozen=True)
 class Row:
@@ -20,11 +18,15 @@ class Row:
     ok: bool | None = None  # None: informational; a target row without a figure says why
 
 
-def _get(r: dict[str, Any], *path: str) -> Any:
+def _get(r: Any, *path: str) -> Any:
+    """r[path[0]][path[1]]...; a digit indexes a list; None where anything is missing."""
     for key in path:
-        if not isinstance(r, dict) or key not in r:
+        if isinstance(r, list) and key.isdigit() and int(key) < len(r):
+            r = r[int(key)]
+        elif isinstance(r, dict) and key in r:
+            r = r[key]
+        else:
             return None
-        r = r[key]
     return r
 
 
@@ -44,72 +46,77 @@ def _ratio(a: float | None, b: float | None) -> float:
     return a / b if a and b else math.nan
 
 
-def targets(r: dict[str, Any]) -> list[Row]:
-    """The targets of issue 5, in its order; 'not run' says where a figure comes from."""
-    rows: list[Row] = []
-    echo, put = r.get("echo", {}), r.get("put", {})
-    ratio = _ratio(put.get("achieved_per_s"), echo.get("achieved_per_s"))
-    rows.append(Row("Put / echo QPS, 64 in flight", f"{ratio:.2f}", ">= 0.80", ratio >= 0.8))
-    workers = r.get("workers")
-    if workers and "ratio" in workers:
-        ok = workers["ratio"] >= 1.3
-        rows.append(Row("--workers 2 / one process", f"{workers['ratio']:.2f}", ">= 1.30", ok))
-    else:
-        rows.append(Row("--workers 2 / one process", "not run", ">= 1.30 (a 'workers' phase)"))
-    d = r.get("durable_put_sdk", {})
-    w = _ratio(_get(d, "sdk_put", "achieved_per_s"), _get(d, "etcd_put", "achieved_per_s"))
-    rows.append(Row("SDK put (Redis fsync always) / etcd put", f"{w:.2f}", ">= 1.00", w >= 1.0))
-    p99 = _get(r, "put_at_1000", "latency", "p99_ms")
-    rows.append(_limit("p99 Put at 1000 writes/s, ms", p99, 5.0))
-    for key, n, limit in (("fanout_1000", 1000, 100.0), ("fanout", 100, 20.0)):
-        lag = _get(r, key, "delivery", "commit_to_delivery", "p99_ms")
-        if key not in r:
-            rows.append(
-                Row(f"fan-out {n} subscribers p99 lag, ms", "not run", f"<= {limit:g} (--full)")
-            )
-            continue
-        rows.append(_limit(f"fan-out {n} subscribers p99 lag, ms", lag, limit))
-        rate = _get(r, key, "delivery", "deliveries_per_s") or 0.0
-        want = 200 * n
-        rows.append(
-            Row(
-                f"fan-out {n} deliveries/s",
-                f"{rate:,.0f}",
-                f">= {0.95 * want:,.0f}",
-                rate >= 0.95 * want,
-            )
-        )
-    for case in _get(r, "coordination", "handoff") or []:
-        when = f"after {case['settle_ms']} ms" if case["settle_ms"] else "at once"
-        rows.append(
-            _limit(f"lock hand-off ({when}) p50, ms", case["server"]["p50_ms"], HANDOFF_P50_MS)
-        )
-    rss = _get(r, "idle_10000", "peak_rss_mib", "server")
-    rows.append(
-        _limit("10,000 idle subscribers: server RSS, MiB", rss, 1024.0)
-        if rss is not None
-        else Row("10,000 idle subscribers: server RSS, MiB", "not run", "<= 1024 (--full)")
-    )
-    one = _get(r, "conversations_100000", "one", "latency", "p99_ms")
-    many = _get(r, "conversations_100000", "many", "latency", "p99_ms")
-    if one and many:
-        rows.append(
-            Row(
-                "p99 Put, 100,000 / 1 conversations",
-                f"{many / one:.2f}",
-                "<= 1.20",
-                many / one <= 1.2,
-            )
-        )
-    else:
-        rows.append(Row("p99 Put, 100,000 / 1 conversations", "not run", "<= 1.20 (--full)"))
-    return rows
-
-
-def _limit(figure: str, value: float | None, limit: float) -> Row:
+def _target(
+    r: dict[str, Any],
+    figure: str,
+    phases: tuple[str, ...],
+    value: float | None,
+    want: str,
+    fmt: str = "{:.2f}",
+) -> Row:
+    """One target row; `want` is ">= X" or "<= X". "not run" names the phases missing,
+    ERROR a phase that failed."""
+    missing = [p for p in phases if p not in r]
+    if missing:
+        return Row(figure, "not run", f"{want} (phase {', '.join(missing)})")
+    if any("error" in r[p] for p in phases):
+        return Row(figure, "ERROR", want, False)
     if value is None or math.isnan(value):
-        return Row(figure, "-", f"<= {limit:g}", False)
-    return Row(figure, f"{value:.2f}", f"<= {limit:g}", value <= limit)
+        return Row(figure, "-", want, False)
+    op, limit = want.split()
+    bound = float(limit.replace(",", ""))
+    return Row(figure, fmt.format(value), want, value >= bound if op == ">=" else value <= bound)
+
+
+def targets(r: dict[str, Any]) -> list[Row]:
+    """The targets of the performance roadmap, in its order."""
+    put_echo = _ratio(_get(r, "put", "achieved_per_s"), _get(r, "echo", "achieved_per_s"))
+    durable = _ratio(
+        _get(r, "durable_put_sdk", "sdk_put", "achieved_per_s"),
+        _get(r, "durable_put_sdk", "etcd_put", "achieved_per_s"),
+    )
+    many = "conversations_100000"
+    conversations = _ratio(
+        _get(r, many, "many", "latency", "p99_ms"), _get(r, many, "one", "latency", "p99_ms")
+    )
+    workers = _get(r, "workers", "ratio")
+    rows = [
+        _target(r, "Put / echo QPS, 64 in flight", ("put", "echo"), put_echo, ">= 0.80"),
+        _target(r, "--workers 2 / one process", ("workers",), workers, ">= 1.30"),
+        _target(
+            r, "SDK put (Redis fsync always) / etcd put", ("durable_put_sdk",), durable, ">= 1.00"
+        ),
+        _target(
+            r,
+            "p99 Put at 1000 writes/s, ms",
+            ("put_at_1000",),
+            _get(r, "put_at_1000", "latency", "p99_ms"),
+            "<= 5",
+        ),
+    ]
+    for key, n, limit in (("fanout_1000", 1000, 100), ("fanout", 100, 20)):
+        rate = _get(r, key, "delivery", "deliveries_per_s")
+        lag = _get(r, key, "delivery", "commit_to_delivery", "p99_ms")
+        want = f">= {0.95 * 200 * n:,.0f}"
+        rows += [
+            _target(r, f"fan-out {n} subscribers, deliveries/s", (key,), rate, want, "{:,.0f}"),
+            _target(r, f"fan-out {n} subscribers, p99 lag ms", (key,), lag, f"<= {limit}"),
+        ]
+    for i, when in enumerate(("at once", "after the waiter waited")):
+        p50 = _get(r, "coordination", "handoff", str(i), "server", "p50_ms")
+        rows.append(_target(r, f"lock hand-off ({when}) p50, ms", ("coordination",), p50, "<= 10"))
+    rss = _get(r, "idle_10000", "peak_rss_mib", "server")
+    rows += [
+        _target(r, "10,000 subscribers: server RSS, MiB", ("idle_10000",), rss, "<= 1024"),
+        _target(
+            r,
+            "p99 Put, 100,000 / 1 conversations",
+            ("conversations_100000",),
+            conversations,
+            "<= 1.20",
+        ),
+    ]
+    return rows
 
 
 def figures(r: dict[str, Any]) -> list[Row]:

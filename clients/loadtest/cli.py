@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--server-flag", action="append", default=[], help="passed to the started server"
     )
+    t.add_argument(
+        "--server-pid", type=int, default=0, help="with --address: meter this local process"
+    )
     t.add_argument("--workdir", default="", help="logs and data of started processes")
     load = p.add_argument_group("load")
     load.add_argument("--concurrency", type=int, default=0, help="in flight (closed loop)")
@@ -140,6 +143,7 @@ def plan_from(args: argparse.Namespace, workdir: Path) -> Plan:
         tls=args.tls,
         token=args.token,
         server_flags=args.server_flag,
+        server_pid=args.server_pid,
         workdir=workdir,
     )
 

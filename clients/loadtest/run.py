@@ -113,11 +113,15 @@ def _sdk_client(ep: Endpoint, channel: Any) -> Any:
     return Client(channel, timeout=30.0, retry=RetryPolicy(), metadata=dict(ep.metadata()))
 
 
-async def _create(ctx: Context) -> None:
-    stub = ctx.data(0)
-    for conv in ctx.conversations:
-        request = pb.CreateConversationRequest(id=conv)
-        await stub.CreateConversation(request, metadata=ctx.ep.metadata(), timeout=30)
+async def _create(ctx: Context, parallel: int = 64) -> None:
+    gate = asyncio.Semaphore(parallel)
+
+    async def create(i: int, conv: str) -> None:
+        async with gate:
+            request = pb.CreateConversationRequest(id=conv)
+            await ctx.data(i).CreateConversation(request, metadata=ctx.ep.metadata(), timeout=30)
+
+    await asyncio.gather(*(create(i, c) for i, c in enumerate(ctx.conversations)))
 
 
 async def _subscribe(ctx: Context, spec: RunSpec) -> list[SubscriberProcess]:

@@ -67,8 +67,10 @@ class Context:
     def coord(self, worker: int) -> pb_grpc.CoordinationAsyncStub:
         return pb_grpc.CoordinationStub(self.channels[worker % len(self.channels)])
 
-    def conversation(self, worker: int) -> str:
-        return self.conversations[worker % len(self.conversations)]
+    def conversation(self, worker: int, seq: int = 0) -> str:
+        """Worker w's conversation; with `seq`, its steps go round every conversation
+        (worker w, step s: conversation w + s x N, N the number of workers)."""
+        return self.conversations[(worker + seq * self.concurrency) % len(self.conversations)]
 
     def meta(self, worker: int) -> tuple[tuple[str, str], ...]:
         return self.ep.metadata(f"lt-agent-{worker:05d}")
@@ -84,9 +86,11 @@ class Context:
         start_ns: int = 0,
         fence: pb.Fence | None = None,
         data: bytes | None = None,
+        conv: str = "",
     ) -> int:
-        """A put (of a stamped value unless `data`), noted in the ledger; returns its revision."""
-        conv = self.conversation(worker)
+        """A put (of a stamped value unless `data`) in `conv` (default: the worker's),
+        noted in the ledger; returns its revision."""
+        conv = conv or self.conversation(worker)
         value = self.value(start_ns or time.monotonic_ns()) if data is None else pb.Value(data=data)
         try:
             if self.sdk_client is not None and fence is None:
@@ -141,7 +145,8 @@ class WriteHeavy(Scenario):
     help = "each worker puts its own keys, back to back"
 
     async def step(self, ctx: Context, worker: int, seq: int, start_ns: int) -> None:
-        await ctx.put(worker, f"agents/w{worker:05d}/k{seq % ctx.opts.keys:04d}", start_ns)
+        key = f"agents/w{worker:05d}/k{seq % ctx.opts.keys:04d}"
+        await ctx.put(worker, key, start_ns, conv=ctx.conversation(worker, seq))
 
 
 @register
@@ -169,12 +174,12 @@ class FanOut(Scenario):
     name = "fan-out"
     help = "writers put while --subscribers streams per conversation follow every change"
     concurrency = 1
-    rate = 200.0
-
+    rate = 200.0  # in all: with several conversations, the writes go round them
     subscribers = 10  # per conversation, unless --subscribers says otherwise
 
     async def step(self, ctx: Context, worker: int, seq: int, start_ns: int) -> None:
-        await ctx.put(worker, f"fanout/k{seq % ctx.opts.keys:02d}", start_ns)
+        key = f"fanout/k{seq % ctx.opts.keys:02d}"
+        await ctx.put(worker, key, start_ns, conv=ctx.conversation(worker, seq))
 
 
 @register

@@ -197,6 +197,7 @@ class Plan:
     tls: bool = False
     token: str = ""
     server_flags: list[str] = field(default_factory=list)
+    server_pid: int = 0  # a local server given by address: meter its CPU and RSS
     workdir: Path = Path(".")
 
 
@@ -216,6 +217,7 @@ async def endpoint(
                 token=plan.token,
                 redis_url=plan.redis_url,
                 etcd_endpoints=plan.etcd_endpoints,
+                pids={"server": plan.server_pid} if plan.server_pid else {},
                 description=f"a server at {plan.address}",
             )
             return
