@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from loadtest.check import Ledger, Observed, check
-from loadtest.loop import intended_ns, open_loop_latency_us
+from loadtest.loop import Recorder, Shape, intended_ns, open_loop_latency_us, run_steps
 from loadtest.stats import Latencies
 
 
@@ -101,3 +103,30 @@ def test_percentiles_are_ordered_and_never_above_the_max() -> None:
     assert values == sorted(values)
     assert s["max_ms"] == 10.0 and abs(s["p50_ms"] - 5.0) < 0.01
     assert sum(n for _, n in lat.buckets()) == 10_000
+
+
+async def test_a_stall_shows_in_open_loop_latency_instead_of_lowering_the_rate() -> None:
+    """The loop is blocked for 300 ms at step 5: steps due meanwhile leave late, and
+    their latency counts from when they were due, not from when they left."""
+    rec = Recorder()
+
+    async def step(worker: int, seq: int, start_ns: int) -> None:
+        if seq == 5:
+            time.sleep(0.3)  # a stall of the whole client, e.g. a long GC pause
+        await rec.timed("op", asyncio.sleep(0), start_ns)
+
+    await run_steps(Shape(concurrency=1, rate=100.0, duration_s=0.6), step, rec, progress=False)
+    lat = rec.stats("op").latency
+    assert lat.count == 60  # every step due within the duration ran
+    assert lat.max_us >= 250_000  # the first step due after the stall waited ~290 ms
+    assert rec.schedule_delay.max_us >= 250_000
+
+
+async def test_closed_loop_stops_after_the_request_bound() -> None:
+    rec = Recorder()
+
+    async def step(worker: int, seq: int, start_ns: int) -> None:
+        await rec.timed("op", asyncio.sleep(0), start_ns)
+
+    await run_steps(Shape(concurrency=4, duration_s=30.0, requests=10), step, rec, progress=False)
+    assert rec.steps == rec.stats("op").latency.count == 10
