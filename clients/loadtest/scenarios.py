@@ -92,21 +92,21 @@ class Context:
         noted in the ledger; returns its revision."""
         conv = conv or self.conversation(worker)
         value = self.value(start_ns or time.monotonic_ns()) if data is None else pb.Value(data=data)
-        try:
-            if self.sdk_client is not None and fence is None:
-                call: Any = self.sdk_client.put(conv, key, value.data)
-                return int((await self.rec.timed("put", call, start_ns)).revision)
+        call: Any
+        if self.sdk_client is not None and fence is None:
+            call = self.sdk_client.put(conv, key, value.data)  # its WriteResult has .revision
+        else:
             request = pb.PutRequest(conversation_id=conv, key=key, value=value, fence=fence)
-            reply = await self.rec.timed(
-                "put",
-                self.data(worker).Put(request, metadata=self.meta(worker), timeout=CALL_TIMEOUT_S),
-                start_ns,
+            call = self.data(worker).Put(
+                request, metadata=self.meta(worker), timeout=CALL_TIMEOUT_S
             )
+        try:
+            revision = int((await self.rec.timed("put", call, start_ns)).revision)
         except Exception:
             self.ledger.failed(conv, key)
             raise
-        self.ledger.put(conv, key, reply.revision)
-        return int(reply.revision)
+        self.ledger.put(conv, key, revision)
+        return revision
 
 
 class Scenario:

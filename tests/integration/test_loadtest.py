@@ -33,6 +33,7 @@ def loadtest(tmp_path: Path, *args: str, timeout: float = 150) -> tuple[int, dic
 def assert_sound(run: dict[str, Any]) -> None:
     """Operations were counted, the check passed, and percentiles are ordered."""
     assert run["check"]["passed"], run["check"]["problems"]
+    assert run["check"]["checked"]["acknowledged_keys"] > 0  # the check had something to read
     assert run["steps_achieved_per_s"] > 0
     assert run["ops"], "no operation was recorded"
     for name, op in run["ops"].items():
@@ -54,6 +55,13 @@ def test_each_scenario_against_an_embedded_server(tmp_path: Path, scenario: str)
     assert_sound(run)
     assert "server" in run["cpu_pct_of_one_core"] and run["peak_rss_mib"]["server"] > 0
     assert "correctness check: PASSED" in output
+
+
+@pytest.mark.timeout(200)
+def test_writes_through_the_sdk_are_checked_too(tmp_path: Path) -> None:
+    code, result, output = loadtest(tmp_path, "write-heavy", "--sdk", "--concurrency", "4")
+    assert code == 0, output
+    assert_sound(result["run"])
 
 
 @pytest.mark.timeout(200)

@@ -112,7 +112,7 @@ async def test_a_stall_shows_in_open_loop_latency_instead_of_lowering_the_rate()
 
     async def step(worker: int, seq: int, start_ns: int) -> None:
         if seq == 5:
-            time.sleep(0.3)  # a stall of the whole client, e.g. a long GC pause
+            time.sleep(0.3)  # noqa: ASYNC251  (the point: a stall of the whole client)
         await rec.timed("op", asyncio.sleep(0), start_ns)
 
     await run_steps(Shape(concurrency=1, rate=100.0, duration_s=0.6), step, rec, progress=False)
