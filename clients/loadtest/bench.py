@@ -270,7 +270,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--lock-rounds", type=int, default=300, help="acquire + release round trips")
     p.add_argument("--lock-handoffs", type=int, default=60, help="hand-offs per case")
     p.add_argument("--lock-settle-ms", type=int, default=200)
-    p.add_argument("--wait-quiet", type=float, default=30.0, help="max wait for an idle machine")
+    p.add_argument("--wait-quiet", type=float, default=20.0, help="max wait for an idle machine")
     p.add_argument("--json", default=str(RESULTS), help="where the results go")
     p.add_argument("--quiet", action="store_true")
     p.add_argument(

@@ -19,7 +19,10 @@ from loadtest.streams import Stream, follow
 
 
 class WithSessions(Scenario):
-    """One session per worker, in the worker's conversation."""
+    """One session per worker, in the worker's conversation; a worker is an agent
+    doing one thing at a time, also in open loop."""
+
+    exclusive = True
 
     def __init__(self) -> None:
         self.sessions: dict[int, str] = {}

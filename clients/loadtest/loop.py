@@ -10,6 +10,7 @@ whole of that arithmetic, unit-tested without an event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -141,14 +142,21 @@ class Recorder:
         return sum(sum(s.errors.values()) for s in self.ops.values())
 
 
-async def run_steps(shape: Shape, step: Step, recorder: Recorder, *, progress: bool) -> float:
-    """Offers `step` as `shape` says; returns the measured seconds (warm-up excluded)."""
+async def run_steps(
+    shape: Shape, step: Step, recorder: Recorder, *, progress: bool, exclusive: bool = False
+) -> float:
+    """Offers `step` as `shape` says; returns the measured seconds (warm-up excluded).
+
+    Open loop gives step i to worker i mod N. With `exclusive`, a worker runs one
+    step at a time (an agent with one session does one thing at once): a step due
+    while its worker is busy waits, and the wait counts in its latency.
+    """
     recorder.start(shape.warmup_s)
     end_ns = recorder.t0_ns + int((shape.warmup_s + shape.duration_s) * 1e9)
     ticker = asyncio.create_task(_progress(recorder, shape)) if progress else None
     try:
         if shape.open:
-            await _open_loop(shape, step, end_ns, recorder)
+            await _open_loop(shape, step, end_ns, recorder, exclusive)
         else:
             await _closed_loop(shape, step, end_ns, recorder)
     finally:
@@ -187,16 +195,20 @@ async def _closed_loop(shape: Shape, step: Step, end_ns: int, recorder: Recorder
     await asyncio.gather(*(worker(w) for w in range(shape.concurrency)))
 
 
-async def _open_loop(shape: Shape, step: Step, end_ns: int, recorder: Recorder) -> None:
+async def _open_loop(
+    shape: Shape, step: Step, end_ns: int, recorder: Recorder, exclusive: bool
+) -> None:
     t0 = time.monotonic_ns()
     count = int(shape.rate * (shape.duration_s + shape.warmup_s))
     if shape.requests:
         count = min(count, shape.requests)
     slots = asyncio.Semaphore(shape.max_in_flight)
+    workers = [asyncio.Lock() for _ in range(shape.concurrency)] if exclusive else []
     tasks: set[asyncio.Task[None]] = set()
 
     async def one(i: int, due: int) -> None:
-        async with slots:
+        worker = workers[i % shape.concurrency] if workers else contextlib.nullcontext()
+        async with slots, worker:
             sent = time.monotonic_ns()
             if sent >= recorder.measure_from_ns:
                 recorder.schedule_delay.add(open_loop_latency_us(due, sent, sent)[1])

@@ -59,7 +59,11 @@ async def run_scenario(ep: Endpoint, spec: RunSpec) -> dict[str, Any]:
         if meter:
             meter.start()
         seconds = await run_steps(
-            shape, functools.partial(scenario.step, ctx), ctx.rec, progress=spec.progress
+            shape,
+            functools.partial(scenario.step, ctx),
+            ctx.rec,
+            progress=spec.progress,
+            exclusive=scenario.exclusive,
         )
         cpu = meter.stop() if meter else {}
         if sampler:

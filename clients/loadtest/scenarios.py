@@ -115,6 +115,7 @@ class Scenario:
     concurrency: ClassVar[int] = 64  # the default number in flight
     rate: ClassVar[float] = 0.0  # the default target rate (0: closed loop)
     subscribers: ClassVar[int] = 0  # the default subscribers per conversation
+    exclusive: ClassVar[bool] = False  # open loop: one step at a time per worker
 
     async def setup(self, ctx: Context) -> None:
         """Before the load: what the steps need (sessions, seed data)."""

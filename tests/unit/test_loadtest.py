@@ -130,3 +130,23 @@ async def test_closed_loop_stops_after_the_request_bound() -> None:
 
     await run_steps(Shape(concurrency=4, duration_s=30.0, requests=10), step, rec, progress=False)
     assert rec.steps == rec.stats("op").latency.count == 10
+
+
+async def most_steps_of_one_worker_at_once(exclusive: bool) -> int:
+    """Open loop, 2 workers, a step every 10 ms, each step taking 50 ms."""
+    busy, peak = [0, 0], [0, 0]
+
+    async def step(worker: int, seq: int, start_ns: int) -> None:
+        busy[worker] += 1
+        peak[worker] = max(peak[worker], busy[worker])
+        await asyncio.sleep(0.05)
+        busy[worker] -= 1
+
+    shape = Shape(concurrency=2, rate=100.0, duration_s=0.3)
+    await run_steps(shape, step, Recorder(), progress=False, exclusive=exclusive)
+    return max(peak)
+
+
+async def test_open_loop_workers_of_exclusive_scenarios_do_one_step_at_a_time() -> None:
+    assert await most_steps_of_one_worker_at_once(exclusive=True) == 1
+    assert await most_steps_of_one_worker_at_once(exclusive=False) >= 2
