@@ -41,7 +41,7 @@ from loadtest.procs import machine, wait_quiet
 from loadtest.profile import Profiler
 from loadtest.run import RunSpec, run_scenario
 from loadtest.scenarios import Options
-from loadtest.target import Endpoint, Plan, endpoint, start_etcd, start_redis
+from loadtest.target import Endpoint, Plan, endpoint, start_etcd, start_redis, version
 
 RESULTS = Path("bench-results") / "latest.json"
 
@@ -208,6 +208,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         redis, b.redis_url = await start_redis(b.workdir)
         etcd, endpoint_ = await start_etcd(b.workdir)
         b.etcd_endpoints, b.pids = [endpoint_], {"redis": redis.pid, "etcd": etcd.pid}
+        result["redis"] = version("redis-server")
+        result["etcd"] = f"{version('etcd')}, 1 member, data on disk"
         try:
             for server in ("none", "data", "coordination"):
                 await _phases(b, server)

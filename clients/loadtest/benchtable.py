@@ -217,6 +217,16 @@ def print_bench(r: dict[str, Any]) -> None:
         f"(waited {r['waited_for_quiet_s']:g} s for it to be quiet); client, servers, "
         "redis, etcd and subscribers all share these cores\n"
     )
+    s = r["settings"]
+    print(
+        f"store: {r.get('redis', 'redis')} (no AOF but in durable_put_sdk); coordination: "
+        f"{r.get('etcd', 'etcd')}\nunary phases: 64 in flight (closed loop), "
+        f"{s['warmup']:g} s warm-up + {s['duration']:g} s measured; fan-out: 100 subscribers "
+        f"in 2 processes, 1 writer at 200 puts/s open loop for {s['fanout_duration']:g} s; "
+        f"locks: {s['lock_rounds']} acquire+release rounds, {s['lock_handoffs']} hand-offs per "
+        f"case (released at once, or {s['lock_settle_ms']} ms after the waiter's claim is in "
+        "etcd), v3lock in blocks interleaved with them\n"
+    )
     print("targets (issue 5)\n" + _render(targets(r)))
     print("\nfigures\n" + _render(figures(r)))
     print()

@@ -37,6 +37,12 @@ def binary(name: str) -> str:
     return found
 
 
+def version(name: str) -> str:
+    """The first line of `name --version`, e.g. "Redis server v=7.0.15 ..."."""
+    out = subprocess.run([binary(name), "--version"], capture_output=True, text=True, check=False)
+    return " ".join((out.stdout.splitlines() or [name])[0].split())
+
+
 class Process:
     """A child process with its output in `<workdir>/<name>.log`."""
 
