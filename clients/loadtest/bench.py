@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import json
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from loadtest.html import write_html
 from loadtest.loop import Shape
 from loadtest.procs import machine, wait_quiet
 from loadtest.profile import Profiler
+from loadtest.report import to_json
 from loadtest.run import RunSpec, run_scenario
 from loadtest.scenarios import Options
 from loadtest.target import Endpoint, Plan, endpoint, start_etcd, start_redis, version
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     print_bench(result)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.write_text(to_json(result))
     print(f"\nwrote {out}")
     failed = any(isinstance(v, dict) and "error" in v for v in result.values())
     return 1 if failed or "server_died" in result else 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from typing import Any, TypeVar
 from loadtest.catalog import SCENARIOS, scenario_names
 from loadtest.loop import Shape
 from loadtest.procs import machine
-from loadtest.report import print_run
+from loadtest.report import print_run, to_json
 from loadtest.run import RunSpec, run_scenario
 from loadtest.scenarios import Options
 from loadtest.target import Plan, endpoint
@@ -189,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             return 130
     print_run(result)
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(to_json(result))
     if args.html:
         from loadtest.html import write_html
 

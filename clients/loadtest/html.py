@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from loadtest.report import HEADER, op_rows
+from loadtest.report import HEADER, op_rows, to_json
 
 W, H, PAD = 640, 240, 48
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#17becf")
@@ -56,7 +56,7 @@ def bar_chart(title: str, buckets: list[tuple[float, int]]) -> str:
         h = n / top * (H - 2 * PAD)
         parts.append(
             f'<rect x="{PAD + i * width:.1f}" y="{H - PAD - h:.1f}" width="{width * 0.9:.1f}" '
-            f'height="{h:.1f}" fill="#1f77b4"><title>&le; {upper:g} ms: {n:,}</title></rect>'
+            f'height="{h:.1f}" fill="#1f77b4"><title>up to {upper:g} ms: {n:,}</title></rect>'
         )
     first = buckets[0][0]
     parts.append(
@@ -133,6 +133,6 @@ td:first-child{{text-align:left}}svg.plot{{display:block;margin:1em 0}}</style><
 <p>correctness check: <b>{verdict}</b></p><ul>{problems}</ul>
 {"".join(plots(run))}
 <details><summary>everything else (JSON)</summary>
-<pre>{html.escape(json.dumps(slim, indent=1))}</pre></details></body></html>
+<pre>{html.escape(to_json(slim))}</pre></details></body></html>
 """
-    path.write_text(body)
+    path.write_text(body, encoding="utf-8")

@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 NOISY_PCT = 25.0  # CPU of one core used by others during a run before we warn
+
+
+def to_json(result: Any) -> str:
+    """JSON with null where a figure is not a number (no samples): strict parsers
+    such as jq reject NaN."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(result), indent=2, allow_nan=False) + "\n"
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
+import pytest
+
 from loadtest.check import Ledger, Observed, check
 from loadtest.loop import Recorder, Shape, intended_ns, open_loop_latency_us, run_steps
+from loadtest.report import to_json
 from loadtest.stats import Latencies
 
 
@@ -150,3 +154,20 @@ async def most_steps_of_one_worker_at_once(exclusive: bool) -> int:
 async def test_open_loop_workers_of_exclusive_scenarios_do_one_step_at_a_time() -> None:
     assert await most_steps_of_one_worker_at_once(exclusive=True) == 1
     assert await most_steps_of_one_worker_at_once(exclusive=False) >= 2
+
+
+def test_json_output_has_null_where_a_figure_is_not_a_number() -> None:
+    empty = Latencies().summary()
+    text = to_json({"latency": empty, "rows": [(1.0, float("inf"))]})
+    parsed = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert parsed == {
+        "latency": {
+            "count": 0,
+            "p50_ms": None,
+            "p90_ms": None,
+            "p99_ms": None,
+            "p999_ms": None,
+            "max_ms": 0.0,
+        },
+        "rows": [[1.0, None]],
+    }
