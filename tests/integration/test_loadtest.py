@@ -113,3 +113,36 @@ def test_a_lost_acknowledged_write_fails_the_run(tmp_path: Path) -> None:
     assert not check["passed"]
     assert len(check["problems"]) == 1 and "now absent" in check["problems"][0]
     assert "correctness check: FAILED" in output
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(300)
+def test_bench_prints_the_target_table_and_writes_its_results(tmp_path: Path) -> None:
+    """`make bench`, cut short: a few phases with tiny settings (figures not asserted)."""
+    out = tmp_path / "results" / "latest.json"
+    phases = ["--only", "echo", "--only", "put", "--only", "fanout", "--only", "coordination"]
+    tiny = ["--duration", "1", "--warmup", "0.2", "--fanout-duration", "1.5"]
+    tiny += ["--lock-rounds", "5", "--lock-handoffs", "2", "--wait-quiet", "0"]
+    proc = subprocess.run(
+        [BINARY, "bench", *phases, *tiny, "--quiet", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert result["put"]["check"]["passed"] and result["fanout"]["check"]["passed"]
+    assert result["put"]["achieved_per_s"] > 0 and result["echo"]["achieved_per_s"] > 0
+    assert [c["settle_ms"] for c in result["coordination"]["handoff"]] == [0, 200]
+    table = proc.stdout
+    for row in ("Put / echo QPS", "fan-out 100 subscribers, p99 lag ms", "lock hand-off (at once)"):
+        line = next(x for x in table.splitlines() if x.startswith(row))
+        assert line.rstrip().endswith(("pass", "MISS")), line
+    workers = next(x for x in table.splitlines() if x.startswith("--workers 2"))
+    assert "not run" in workers and "(phase workers)" in workers
+    assert "etcd v3lock hand-off (at once)" in table and "echo server CPU us/op" in table
+    assert sorted(p.name for p in out.parent.glob("run-*.html")) == [
+        "run-1-write-heavy.html",
+        "run-2-fan-out.html",
+    ]
