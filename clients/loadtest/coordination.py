@@ -54,10 +54,7 @@ class WithSessions(Scenario):
             "get", ctx.data(worker).Get(request, metadata=ctx.meta(worker), timeout=30)
         )
         value = str(int(got.entry.value.data or b"0") + 1).encode()
-        try:
-            revision = await ctx.put(worker, key, fence=fence, data=value)
-        except Exception:
-            return  # noted as unsure by ctx.put
+        revision = await ctx.put(worker, key, fence=fence, data=value)  # failed: noted unsure
         ctx.ledger.counters[(conv, key)] = ctx.ledger.counters.get((conv, key), 0) + 1
         ctx.ledger.put(conv, key, revision)
 

@@ -86,6 +86,7 @@ class CpuMeter:
     pids: dict[str, int]
     others: list[tuple[str, float]] = field(default_factory=list)
     peak_rss: dict[str, int] = field(default_factory=dict)
+    used: dict[str, float] = field(default_factory=dict)  # what stop() returned
     _start: dict[str, float] = field(default_factory=dict)
     _everyone: dict[int, tuple[str, float]] = field(default_factory=dict)
     _wall: float = 0.0
@@ -127,6 +128,7 @@ class CpuMeter:
             for name, cpu_s in sorted(by_name.items(), key=lambda x: -x[1])[:4]
             if cpu_s / wall > 0.01
         ]
+        self.used = used
         return used
 
     async def sample_every(self, interval_s: float = 0.5) -> None:

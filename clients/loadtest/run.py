@@ -16,7 +16,7 @@ from loadtest.catalog import SCENARIOS
 from loadtest.check import Ledger, check, readback
 from loadtest.loop import Recorder, Shape, run_steps
 from loadtest.procs import CpuMeter
-from loadtest.scenarios import Context, Options
+from loadtest.scenarios import Context, Options, Scenario
 from loadtest.stats import Latencies
 from loadtest.streams import Stream, caught_up, follow
 from loadtest.subscriber import SubscriberProcess
@@ -53,21 +53,7 @@ async def run_scenario(ep: Endpoint, spec: RunSpec) -> dict[str, Any]:
         await _create(ctx)
         procs = await _subscribe(ctx, spec)
         await scenario.setup(ctx)
-        subscribers = {f"subscribers-{i}": p.proc.pid for i, p in enumerate(procs)}
-        meter = CpuMeter({"client": os.getpid(), **ep.pids, **subscribers}) if ep.pids else None
-        sampler = asyncio.create_task(meter.sample_every()) if meter else None
-        if meter:
-            meter.start()
-        seconds = await run_steps(
-            shape,
-            functools.partial(scenario.step, ctx),
-            ctx.rec,
-            progress=spec.progress,
-            exclusive=scenario.exclusive,
-        )
-        cpu = meter.stop() if meter else {}
-        if sampler:
-            sampler.cancel()
+        seconds, meter = await _measure(ctx, scenario, spec, procs)
         await scenario.teardown(ctx)
         streams = await _settle(ctx, procs)
         if spec.inject_lost_write:
@@ -81,14 +67,13 @@ async def run_scenario(ep: Endpoint, spec: RunSpec) -> dict[str, Any]:
             proc.stop()
         for c in channels:
             await c.close()
-    target = shape.rate if shape.open else 0.0
     result: dict[str, Any] = {
         "scenario": spec.scenario,
         "shape": shape.describe(),
         "conversations": opts.conversations,
         "subscribers_per_conversation": opts.subscribers,
         "measured_s": round(seconds, 3),
-        "steps_target_per_s": target,
+        "steps_target_per_s": shape.rate if shape.open else 0.0,
         "steps_achieved_per_s": round(ctx.rec.steps / seconds, 1),
         "ops": {name: s.summary(seconds) for name, s in sorted(ctx.rec.ops.items())},
         "failures": ctx.rec.failures,
@@ -100,14 +85,38 @@ async def run_scenario(ep: Endpoint, spec: RunSpec) -> dict[str, Any]:
     if streams:
         t0_wall = ctx.rec.t0_ns + ctx.wall_offset_ns
         result["delivery"] = delivery(streams, t0_wall, seconds + shape.warmup_s)
-    if meter:
-        result["cpu_pct_of_one_core"] = cpu
+    if meter is not None:
+        result["cpu_pct_of_one_core"] = meter.used
         result["peak_rss_mib"] = {k: round(v / 2**20, 1) for k, v in meter.peak_rss.items()}
         result["busiest_other_processes"] = meter.others
     died = ep.server_died()
     if died:
         result["server_died"] = died
     return result
+
+
+async def _measure(
+    ctx: Context, scenario: Scenario, spec: RunSpec, procs: list[SubscriberProcess]
+) -> tuple[float, CpuMeter | None]:
+    """The load itself, with the local processes metered (when there are any)."""
+    subscribers = {f"subscribers-{i}": p.proc.pid for i, p in enumerate(procs)}
+    pids = {"client": os.getpid(), **ctx.ep.pids, **subscribers}
+    meter = CpuMeter(pids) if ctx.ep.pids else None
+    sampler = asyncio.create_task(meter.sample_every()) if meter else None
+    if meter:
+        meter.start()
+    try:
+        step = functools.partial(scenario.step, ctx)
+        exclusive = scenario.exclusive
+        seconds = await run_steps(
+            spec.shape, step, ctx.rec, progress=spec.progress, exclusive=exclusive
+        )
+    finally:
+        if sampler:
+            sampler.cancel()
+    if meter:
+        meter.stop()
+    return seconds, meter
 
 
 def _sdk_client(ep: Endpoint, channel: Any) -> Any:

@@ -41,7 +41,6 @@ class Options:
     tasks: int = 64  # task ids per conversation (team)
     wait_s: float = 5.0  # a lock or campaign wait
     sdk: bool = False  # writes through the SDK's Client.put instead of the raw stub
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
