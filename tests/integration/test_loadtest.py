@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import subprocess
@@ -9,9 +10,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
+from loadtest import echo
 from loadtest.catalog import scenario_names
+from loadtest.target import Endpoint, Process, free_port
 
 BINARY = str(Path(sys.executable).with_name("bb-loadtest"))
 SHORT = ["--duration", "1.5", "--warmup", "0.3", "--quiet"]
@@ -146,3 +150,29 @@ def test_bench_prints_the_target_table_and_writes_its_results(tmp_path: Path) ->
         "run-1-write-heavy.html",
         "run-2-fan-out.html",
     ]
+
+
+@pytest.mark.timeout(60)
+async def test_the_harness_channel_speaks_tls_with_the_given_ca(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    self_signed = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    self_signed += ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"]
+    openssl = ["openssl", *self_signed, "-keyout", str(key), "-out", str(cert)]
+    await asyncio.to_thread(subprocess.run, openssl, capture_output=True, check=True, timeout=30)
+    address = f"localhost:{free_port()}"
+    argv = [sys.executable, "-m", "loadtest.echo", "--listen", address]
+    server = Process("echo", [*argv, "--tls-cert", str(cert), "--tls-key", str(key)], tmp_path)
+    try:
+        trusted = Endpoint(address, tls_ca=cert.read_bytes(), token="t0k")
+        assert ("authorization", "Bearer t0k") in trusted.metadata()
+        request = b"\x0a\x04ping"
+        async with trusted.channel() as channel:
+            call = channel.unary_unary(echo.METHOD)
+            reply = await call(request, timeout=20, wait_for_ready=True)
+        assert reply == request
+        async with Endpoint(address).channel() as plain:  # no TLS: the server refuses it
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await plain.unary_unary(echo.METHOD)(request, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
