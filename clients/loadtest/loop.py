@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from blackboard_client import BlackboardError
 from loadtest.stats import Latencies, OpStats
 
 T = TypeVar("T")
@@ -39,9 +40,8 @@ def error_code(error: BaseException) -> str:
     """A status code name for any error a call raised (gRPC, the SDK, or other)."""
     if isinstance(error, grpc.aio.AioRpcError):
         return error.code().name
-    code = getattr(error, "code", None)
-    if isinstance(code, grpc.StatusCode):
-        return code.name
+    if isinstance(error, BlackboardError):  # the SDK's: the status the server sent
+        return str(error.status)
     if isinstance(error, TimeoutError):
         return "DEADLINE_EXCEEDED"
     return type(error).__name__

@@ -9,8 +9,16 @@ from typing import Any
 
 import pytest
 
+from blackboard_client import Fenced, Unavailable
 from loadtest.check import Ledger, Observed, check
-from loadtest.loop import Recorder, Shape, intended_ns, open_loop_latency_us, run_steps
+from loadtest.loop import (
+    Recorder,
+    Shape,
+    error_code,
+    intended_ns,
+    open_loop_latency_us,
+    run_steps,
+)
 from loadtest.report import to_json
 from loadtest.stats import Latencies
 
@@ -171,3 +179,10 @@ def test_json_output_has_null_where_a_figure_is_not_a_number() -> None:
         },
         "rows": [[1.0, None]],
     }
+
+
+def test_errors_are_counted_by_status_code_whoever_raised_them() -> None:
+    assert error_code(Fenced("newer token")) == "FAILED_PRECONDITION"
+    assert error_code(Unavailable("down", status="UNKNOWN")) == "UNKNOWN"  # what was sent
+    assert error_code(TimeoutError()) == "DEADLINE_EXCEEDED"
+    assert error_code(ValueError("bad")) == "ValueError"
