@@ -147,8 +147,6 @@ def figures(r: dict[str, Any]) -> list[Row]:
             rows.append(
                 Row(f"{key.replace('_', ' ')} ops/s (durable)", f"{d[key]['achieved_per_s']:,.0f}")
             )
-    if _get(d, "etcd_put", "lag"):
-        rows.append(Row("etcd put -> watch p50 / p99 ms", _pair(d["etcd_put"]["lag"])))
     co = r.get("coordination", {})
     if "acquire_release" in co:
         rows.append(Row("lock acquire+release p50 / p99 ms", _pair(co["acquire_release"])))
