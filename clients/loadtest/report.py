@@ -139,37 +139,30 @@ def print_check(c: dict[str, Any]) -> None:
 def print_compare(run: dict[str, Any], compare: dict[str, Any]) -> None:
     print("\nbaselines, same shape (ratio = Blackboard / baseline):")
     ours = max(run["ops"].values(), key=lambda op: op["ok"], default=None)
+    lag = _get_lag(run)
     rows = []
     for name, base in compare.items():
         if "error" in base:
             rows.append([name, "ERROR", "", "", "", base["error"][:60]])
             continue
         lat = base["latency"]
-        ratio = (
-            ours["achieved_per_s"] / base["achieved_per_s"]
-            if ours and base["achieved_per_s"]
-            else math.nan
-        )
-        p99 = ours["latency"]["p99_ms"] / lat["p99_ms"] if ours and lat["p99_ms"] else math.nan
-        rows.append(
-            [
-                name,
-                f"{base['achieved_per_s']:,.1f}",
-                ms(lat["p50_ms"]),
-                ms(lat["p99_ms"]),
-                f"{ratio:.2f}",
-                f"{p99:.2f}",
-            ]
-        )
-        if "lag" in base:
-            rows.append(
-                [
-                    f"{name} watch lag",
-                    "",
-                    ms(base["lag"]["p50_ms"]),
-                    ms(base["lag"]["p99_ms"]),
-                    "",
-                    "",
-                ]
-            )
+        rate = _div(ours and ours["achieved_per_s"], base["achieved_per_s"])
+        p99 = _div(ours and ours["latency"]["p99_ms"], lat["p99_ms"])
+        figures = [f"{base['achieved_per_s']:,.1f}", ms(lat["p50_ms"]), ms(lat["p99_ms"])]
+        rows.append([name, *figures, f"{rate:.2f}", f"{p99:.2f}"])
+        if "lag" in base:  # Blackboard's send -> delivery against etcd's put -> watch
+            watch = base["lag"]
+            ratio = _div(lag and lag["p99_ms"], watch["p99_ms"])
+            figures = ["", ms(watch["p50_ms"]), ms(watch["p99_ms"]), ""]
+            rows.append([f"{name} watch lag", *figures, f"{ratio:.2f}"])
     print(table(["baseline", "per s", "p50 ms", "p99 ms", "rate ratio", "p99 ratio"], rows))
+
+
+def _get_lag(run: dict[str, Any]) -> dict[str, Any] | None:
+    """Subscribers' lag from the writer's send: what etcd's put -> watch compares with."""
+    lag: dict[str, Any] | None = run.get("delivery", {}).get("send_to_delivery")
+    return lag
+
+
+def _div(a: float | None, b: float | None) -> float:
+    return a / b if a and b else math.nan
