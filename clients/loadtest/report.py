@@ -146,13 +146,13 @@ def print_compare(run: dict[str, Any], compare: dict[str, Any]) -> None:
             rows.append([name, "ERROR", "", "", "", base["error"][:60]])
             continue
         lat = base["latency"]
-        rate = _div(ours and ours["achieved_per_s"], base["achieved_per_s"])
-        p99 = _div(ours and ours["latency"]["p99_ms"], lat["p99_ms"])
+        rate = _div(ours["achieved_per_s"] if ours else None, base["achieved_per_s"])
+        p99 = _div(ours["latency"]["p99_ms"] if ours else None, lat["p99_ms"])
         figures = [f"{base['achieved_per_s']:,.1f}", ms(lat["p50_ms"]), ms(lat["p99_ms"])]
         rows.append([name, *figures, f"{rate:.2f}", f"{p99:.2f}"])
         if "lag" in base:  # Blackboard's send -> delivery against etcd's put -> watch
             watch = base["lag"]
-            ratio = _div(lag and lag["p99_ms"], watch["p99_ms"])
+            ratio = _div(lag["p99_ms"] if lag else None, watch["p99_ms"])
             figures = ["", ms(watch["p50_ms"]), ms(watch["p99_ms"]), ""]
             rows.append([f"{name} watch lag", *figures, f"{ratio:.2f}"])
     print(table(["baseline", "per s", "p50 ms", "p99 ms", "rate ratio", "p99 ratio"], rows))
