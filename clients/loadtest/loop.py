@@ -81,12 +81,16 @@ class Recorder:
         self.schedule_delay = Latencies()  # open loop: how late sends left
         self.t0_ns = time.monotonic_ns()
         self.measure_from_ns = 1 << 62  # nothing counts before start(): setup is not load
+        # Rates count completions up to here; latencies count later ones too (a backlog
+        # drained after the window is latency, not throughput).
+        self.measure_until_ns = 1 << 62
         self.failures: list[str] = []  # unexpected errors, the first few
         self.steps = 0  # steps completed without an error while measuring
 
-    def start(self, warmup_s: float) -> None:
+    def start(self, warmup_s: float, duration_s: float) -> None:
         self.t0_ns = time.monotonic_ns()
         self.measure_from_ns = self.t0_ns + int(warmup_s * 1e9)
+        self.measure_until_ns = self.measure_from_ns + int(duration_s * 1e9)
 
     def _second(self, now: int) -> int:
         return max(0, (now - self.measure_from_ns) // 1_000_000_000)
@@ -99,7 +103,8 @@ class Recorder:
 
     def ok(self, op: str, start_ns: int, end_ns: int) -> None:
         if end_ns >= self.measure_from_ns:
-            self.stats(op).ok(self._second(end_ns), (end_ns - start_ns) // 1000)
+            in_window = end_ns <= self.measure_until_ns
+            self.stats(op).ok(self._second(end_ns), (end_ns - start_ns) // 1000, in_window)
 
     def error(self, op: str, error: BaseException) -> None:
         now = time.monotonic_ns()
@@ -151,7 +156,7 @@ async def run_steps(
     step at a time (an agent with one session does one thing at once): a step due
     while its worker is busy waits, and the wait counts in its latency.
     """
-    recorder.start(shape.warmup_s)
+    recorder.start(shape.warmup_s, shape.duration_s)
     end_ns = recorder.t0_ns + int((shape.warmup_s + shape.duration_s) * 1e9)
     ticker = asyncio.create_task(_progress(recorder, shape)) if progress else None
     try:
@@ -177,7 +182,7 @@ async def _safe(step: Step, worker: int, seq: int, start_ns: int, recorder: Reco
         if not isinstance(error, grpc.aio.AioRpcError) and len(recorder.failures) < 5:
             recorder.failures.append(f"step: {type(error).__name__}: {error}"[:300])
         return
-    if time.monotonic_ns() >= recorder.measure_from_ns:
+    if recorder.measure_from_ns <= time.monotonic_ns() <= recorder.measure_until_ns:
         recorder.steps += 1
 
 

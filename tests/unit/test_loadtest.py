@@ -186,3 +186,16 @@ def test_errors_are_counted_by_status_code_whoever_raised_them() -> None:
     assert error_code(Unavailable("down", status="UNKNOWN")) == "UNKNOWN"  # what was sent
     assert error_code(TimeoutError()) == "DEADLINE_EXCEEDED"
     assert error_code(ValueError("bad")) == "ValueError"
+
+
+def test_a_call_completing_after_the_window_counts_in_latency_not_in_the_rate() -> None:
+    rec = Recorder()
+    rec.start(warmup_s=0.0, duration_s=1.0)
+    inside = rec.measure_from_ns + 500_000_000
+    rec.ok("put", inside - 2_000_000, inside)  # 2 ms, within the window
+    late = rec.measure_until_ns + 300_000_000
+    rec.ok("put", late - 400_000_000, late)  # 400 ms, completed after it
+    summary = rec.stats("put").summary(1.0)
+    assert summary["ok"] == 2 and summary["achieved_per_s"] == 1.0
+    assert summary["latency"]["max_ms"] == 400.0
+    assert [row["ok"] for row in summary["timeline"]] == [1, 1]
