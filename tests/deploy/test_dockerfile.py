@@ -132,3 +132,15 @@ def test_build_context_has_what_the_dockerfile_copies_and_no_more(
         "bench-results/x",
     ):
         assert ignored(rules, path), f"{path} would be sent to the builder"
+
+
+def test_extras_installed_exist(parsed: tuple[dict[str, str], list[Stage]]) -> None:
+    """pip only warns about an unknown extra: a misspelt one would silently install nothing."""
+    builder = parsed[1][0]
+    extras = next(
+        a.args.partition("=")[2] for a in builder.all("ARG") if a.args.startswith("EXTRAS")
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert set(extras.split(",")) <= set(project["optional-dependencies"])
+    assert {"fast", "loadtest"} <= set(extras.split(","))
+    assert "bb-loadtest" in project["scripts"]

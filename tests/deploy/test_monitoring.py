@@ -81,3 +81,17 @@ def test_load_test_job_targets_the_service_and_keeps_its_reports(
     assert claim["spec"]["resources"]["requests"]["storage"]
     assert job["spec"]["backoffLimit"] == 0, "a failed run is a result, not something to retry"
     assert job["metadata"]["namespace"] == one(manifests["prod"], "Namespace")["metadata"]["name"]
+
+
+def test_load_test_job_arguments_are_bb_loadtests(manifests: dict[str, list[Doc]]) -> None:
+    """The Job's command line, read by bb-loadtest's own parser: against the Service,
+    not a server of its own, with both reports written."""
+    from loadtest.cli import parser
+
+    job = one(manifests["loadtest"], "Job", "blackboard-loadtest")
+    (container,) = pod_spec(job)["containers"]
+    args = [arg.replace("$(POD_NAME)", "blackboard-loadtest-x1y2z") for arg in container["args"]]
+    parsed = parser().parse_args(args)
+    assert parsed.address == "blackboard:50051"
+    assert parsed.json.endswith(".json") and parsed.html.endswith(".html")
+    assert parsed.duration > 0
