@@ -20,10 +20,15 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from blackboard_server.adapters.auth_jwt import JwtConfig, JwtVerifier
+from blackboard_server.adapters.auth_mtls import CertificateMapper
+from blackboard_server.adapters.auth_tokens import TokenFile
 from blackboard_server.adapters.instrumented import InstrumentedCoordinator, InstrumentedStore
 from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
+from blackboard_server.adapters.tls import ServerTls
 from blackboard_server.api import convert
+from blackboard_server.api.auth import AuthInterceptor
 from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.observe import ObservingInterceptor
@@ -31,6 +36,7 @@ from blackboard_server.api.servicer import BlackboardServicer
 from blackboard_server.config import Settings
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
+from blackboard_server.services.access import Access, Authenticator
 from blackboard_server.services.blackboard import BlackboardService
 from blackboard_server.services.coordination import CoordinationService, record_observations
 from blackboard_server.services.hub import Hub
@@ -83,6 +89,48 @@ async def open_coordinator(settings: Settings) -> Coordinator:
         replica_id=settings.replica_id or None,
         shards=settings.coordination_shards,
     )
+
+
+def open_access(settings: Settings, store: StateStore) -> Access | None:
+    """The authenticators `auth` lists, in its order; None when auth is none.
+    A missing or malformed key or token file stops the start here."""
+    methods: list[Authenticator] = []
+    for name in settings.auth_methods:
+        if name == "tokens":
+            methods.append(TokenFile(settings.auth_tokens_file))
+        elif name == "jwt":
+            methods.append(JwtVerifier(jwt_config(settings)))
+        else:
+            methods.append(CertificateMapper())
+    if not methods:
+        if not settings.embedded:
+            log.warning(
+                "auth is none: every caller acts in one tenant, as whatever agent it names",
+                tenant=settings.tenant,
+            )
+        return None
+    log.info("authentication", methods=settings.auth_methods, tls=settings.tls)
+    return Access(methods, store)
+
+
+def jwt_config(settings: Settings) -> JwtConfig:
+    return JwtConfig(
+        keys_file=settings.jwt_keys_file,
+        algorithms=tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip()),
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway_s=settings.jwt_leeway_s,
+        tenant_claim=settings.jwt_tenant_claim,
+        agent_claim=settings.jwt_agent_claim,
+        roles_claim=settings.jwt_roles_claim,
+    )
+
+
+def add_port(server: grpc.aio.Server, settings: Settings) -> int:
+    if not settings.tls:
+        return server.add_insecure_port(settings.listen)
+    tls = ServerTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    return server.add_secure_port(settings.listen, tls.credentials())
 
 
 async def open_store(settings: Settings) -> StateStore:
@@ -173,15 +221,23 @@ async def serve(
             metrics,
         )
         metrics.watch_subscribers(lambda: hub.subscribers)
+        access = open_access(settings, store)
+        verified = access is not None
         servicer = BlackboardServicer(
             blackboard,
             subscriptions,
+            access or Access((), store),
             tenant=settings.tenant,
             write_timeout_s=settings.subscriber_write_timeout_s,
+            verified=verified,
         )
-
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ObservingInterceptor(metrics, tracing, tenant=settings.tenant, verified=verified)
+        ]
+        if access is not None:
+            interceptors.append(AuthInterceptor(access))
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(metrics, tracing, tenant=settings.tenant)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
                 ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
@@ -192,7 +248,8 @@ async def serve(
             [
                 generic_handler(BLACKBOARD, servicer),
                 generic_handler(
-                    COORDINATION, CoordinationServicer(coordination, tenant=settings.tenant)
+                    COORDINATION,
+                    CoordinationServicer(coordination, tenant=settings.tenant, verified=verified),
                 ),
             ]
         )
@@ -207,7 +264,7 @@ async def serve(
             ),
             server,
         )
-        port = server.add_insecure_port(settings.listen)
+        port = add_port(server, settings)
         metrics_port = 0
         if settings.metrics_port:
             host = settings.metrics_host or settings.listen.rpartition(":")[0].strip("[]")
