@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
-import grpc
 import orjson
 
 from blackboard.v1 import blackboard_pb2 as pb
@@ -42,7 +41,7 @@ from blackboard_client._model import (
 from blackboard_client._retry import RetryPolicy
 from blackboard_client._session import Session
 from blackboard_client._subscribe import Subscription, grpc_opener
-from blackboard_client._tls import Tls
+from blackboard_client._tls import Tls, open_channel
 from blackboard_client._view import Mirror
 
 
@@ -70,11 +69,7 @@ def connect(
         headers[AGENT_ID_HEADER] = agent_id
     if token:
         headers[AUTHORIZATION_HEADER] = f"Bearer {token}"
-    if tls:
-        settings = tls if isinstance(tls, Tls) else Tls()
-        channel = grpc.aio.secure_channel(target, settings.credentials(), settings.options())
-    else:
-        channel = grpc.aio.insecure_channel(target)
+    channel = open_channel(target, tls)
     return Client(channel, timeout=timeout, retry=retry or RetryPolicy(), metadata=headers)
 
 

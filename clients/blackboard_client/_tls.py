@@ -36,5 +36,13 @@ class Tls:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
+def open_channel(target: str, tls: Tls | bool | None) -> grpc.aio.Channel:
+    """A plaintext channel, or a TLS one (`True`: the system's CAs)."""
+    if not tls:
+        return grpc.aio.insecure_channel(target)
+    settings = tls if isinstance(tls, Tls) else Tls()
+    return grpc.aio.secure_channel(target, settings.credentials(), settings.options())
+
+
 def _read(path: str) -> bytes | None:
     return Path(path).read_bytes() if path else None

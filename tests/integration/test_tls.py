@@ -1,0 +1,186 @@
+"""TLS and client certificates, with certificates made for each test (trustme), and
+bearer tokens reloaded from their file while the server runs. The SDK is the client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from blackboard_client import (
+    CredentialsInvalid,
+    CredentialsMissing,
+    KeyNotFound,
+    RetryPolicy,
+    RoleRequired,
+    Tls,
+    Unavailable,
+    connect,
+)
+from blackboard_server.app import RunningServer, serve
+from blackboard_server.config import Settings
+from tests.identities import Pki, TokenFile
+
+pytestmark = pytest.mark.timeout(120)
+FAST = {"timeout": 5.0}
+ONCE = RetryPolicy(attempts=1)
+
+
+@asynccontextmanager
+async def server(**settings: object) -> AsyncIterator[RunningServer]:
+    base = Settings(listen="127.0.0.1:0", uvloop=False)
+    async with serve(base.replace(**settings)) as running:
+        yield running
+
+
+def tls_settings(pki: Pki, *, require_client: bool = False) -> dict[str, object]:
+    settings: dict[str, object] = {"tls_cert_file": pki.cert_file, "tls_key_file": pki.key_file}
+    if require_client:
+        settings.update(tls_client_ca_file=pki.ca_file, tls_client_auth="require")
+    return settings
+
+
+async def refused(address: str, **options: object) -> Exception:
+    """The error of a call that must not get through; the client gives up quickly."""
+    async with connect(address, retry=ONCE, timeout=3.0, **options) as bb:  # type: ignore[arg-type]
+        try:
+            await bb.get_conversation("nothing")
+        except Exception as error:
+            return error
+    raise AssertionError("the call got through")
+
+
+async def test_with_tls_on_plaintext_and_a_wrong_ca_are_refused(tmp_path: Path) -> None:
+    pki, other = Pki(tmp_path / "pki"), Pki(tmp_path / "other")
+    tokens = TokenFile(tmp_path / "tokens.json")
+    token = tokens.add("acme", "robot", ["admin"])
+    async with server(
+        auth="tokens", auth_tokens_file=str(tokens.path), **tls_settings(pki)
+    ) as running:
+        assert isinstance(await refused(running.address, token=token), Unavailable)
+        wrong_ca = await refused(running.address, token=token, tls=Tls(ca_file=other.ca_file))
+        assert isinstance(wrong_ca, Unavailable)
+        async with connect(
+            running.address, token=token, tls=Tls(ca_file=pki.ca_file), **FAST
+        ) as bb:
+            created = await bb.create_conversation("c1")
+            assert created.tenant == "acme"
+        # The server's certificate names 127.0.0.1 and localhost: another name fails.
+        renamed = await refused(
+            running.address, token=token, tls=Tls(ca_file=pki.ca_file, server_name="evil.test")
+        )
+        assert isinstance(renamed, Unavailable)
+        ok = Tls(ca_file=pki.ca_file, server_name="localhost")
+        async with connect(running.address, token=token, tls=ok, **FAST) as bb:
+            assert (await bb.get_conversation("c1")).id == "c1"
+        no_token = await refused(running.address, tls=Tls(ca_file=pki.ca_file))
+        assert isinstance(no_token, CredentialsMissing)
+
+
+async def test_client_certificates_are_required_checked_and_mapped(tmp_path: Path) -> None:
+    pki, other = Pki(tmp_path / "pki"), Pki(tmp_path / "other")
+    writer = pki.client("acme", "worker-7", "writer")
+    reader = pki.client("acme", "viewer", "reader")
+    admin = pki.client("acme", "boss", "admin")
+    foreign = other.client("acme", "intruder", "admin")  # right names, wrong CA
+    async with server(auth="mtls", **tls_settings(pki, require_client=True)) as running:
+        address, ca = running.address, pki.ca_file
+        no_cert = await refused(address, tls=Tls(ca_file=ca))
+        assert isinstance(no_cert, Unavailable)
+        wrong_ca = await refused(
+            address, tls=Tls(ca_file=ca, cert_file=foreign[0], key_file=foreign[1])
+        )
+        assert isinstance(wrong_ca, Unavailable)
+        plaintext = await refused(address)
+        assert isinstance(plaintext, Unavailable)
+
+        def cert(pair: tuple[str, str]) -> Tls:
+            return Tls(ca_file=ca, cert_file=pair[0], key_file=pair[1])
+
+        async with connect(address, tls=cert(admin), **FAST) as bb:
+            assert (await bb.create_conversation("c1")).tenant == "acme"
+        async with connect(address, tls=cert(writer), agent_id="spoofed", **FAST) as bb:
+            written = await bb.put("c1", "k", json=1)
+            entry = await bb.get("c1", "k")
+            assert entry.provenance.agent_id == "worker-7"  # the certificate's CN
+            assert written.revision == 1
+        async with connect(address, tls=cert(reader), **FAST) as bb:
+            assert (await bb.get("c1", "k")).json() == 1
+            with pytest.raises(RoleRequired) as denied:
+                await bb.put("c1", "k", json=2)
+            assert (denied.value.role, denied.value.conversation_id) == ("writer", "c1")
+            assert (await bb.get("c1", "k")).json() == 1  # unchanged
+            with pytest.raises(KeyNotFound):
+                await bb.get("c1", "other")
+
+
+async def test_a_renewed_server_certificate_is_used_without_a_restart(tmp_path: Path) -> None:
+    old, new = Pki(tmp_path / "old"), Pki(tmp_path / "new")
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = live / "tls.crt", live / "tls.key"
+    shutil.copy(old.cert_file, cert)
+    shutil.copy(old.key_file, key)
+    tokens = TokenFile(tmp_path / "tokens.json")
+    token = tokens.add("acme", "robot", ["admin"])
+    async with server(
+        auth="tokens", auth_tokens_file=str(tokens.path), tls_cert_file=str(cert),
+        tls_key_file=str(key),
+    ) as running:  # fmt: skip
+        async with connect(running.address, token=token, tls=Tls(ca_file=old.ca_file)) as bb:
+            await bb.create_conversation("c1")
+        # Write the new pair beside and rename over: readers never see half a file.
+        for source, target in ((new.key_file, key), (new.cert_file, cert)):
+            shutil.copy(source, str(target) + ".tmp")
+            os.replace(str(target) + ".tmp", target)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                async with connect(
+                    running.address, token=token, tls=Tls(ca_file=new.ca_file), retry=ONCE,
+                    timeout=2.0,
+                ) as bb:  # fmt: skip
+                    assert (await bb.get_conversation("c1")).id == "c1"
+                    break
+            except Unavailable:
+                assert time.monotonic() < deadline, "the new certificate was not picked up"
+                await asyncio.sleep(0.2)
+
+
+async def test_the_token_file_is_reloaded_while_the_server_runs(tmp_path: Path) -> None:
+    tokens = TokenFile(tmp_path / "tokens.json")
+    first = tokens.add("acme", "first", ["admin"])
+    async with server(auth="tokens", auth_tokens_file=str(tokens.path)) as running:
+        async with connect(running.address, token=first, **FAST) as bb:
+            await bb.create_conversation("c1")
+        second = tokens.add("acme", "second", ["writer"])
+        tokens.entries = [e for e in tokens.entries if e["agent_id"] != "first"]
+        tokens.write()
+        stamp = time.time() + 5  # a rewrite within one mtime tick must still be seen
+        os.utime(tokens.path, (stamp, stamp))
+        deadline = time.monotonic() + 15
+        while True:
+            error = await refused_or_none(running.address, first)
+            if isinstance(error, CredentialsInvalid):
+                break
+            assert time.monotonic() < deadline, "the token file was not reloaded"
+            await asyncio.sleep(0.1)
+        async with connect(running.address, token=second, **FAST) as bb:
+            written = await bb.put("c1", f"k-{uuid.uuid4().hex[:6]}", json=1)
+            assert written.revision == 1
+
+
+async def refused_or_none(address: str, token: str) -> Exception | None:
+    async with connect(address, token=token, retry=ONCE, timeout=3.0) as bb:
+        try:
+            await bb.get_conversation("c1")
+        except Exception as error:
+            return error
+    return None
