@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from blackboard_server.domain.auth import valid_tenant
 from blackboard_server.domain.limits import Limits
 
 ENV_PREFIX = "BB_"
@@ -196,6 +197,8 @@ def _validate_auth(settings: Settings, host: str) -> None:
     """TLS and authentication settings: complete, and consistent with `listen`."""
     s = settings
     methods = s.auth_methods
+    if not valid_tenant(s.tenant):
+        raise SettingsError("tenant: 1-64 characters of A-Z a-z 0-9 . _ - (letter or digit first)")
     if s.auth.strip() != "none" and (not methods or any(m not in AUTH_METHODS for m in methods)):
         raise SettingsError("auth: expected none, or a comma-separated list of tokens, jwt, mtls")
     if len(set(methods)) != len(methods):

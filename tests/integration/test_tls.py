@@ -23,6 +23,7 @@ from blackboard_client import (
     Tls,
     Unavailable,
     connect,
+    sync,
 )
 from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings
@@ -184,3 +185,20 @@ async def refused_or_none(address: str, token: str) -> Exception | None:
         except Exception as error:
             return error
     return None
+
+
+async def test_the_sync_client_takes_a_token_and_tls(tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    tokens = TokenFile(tmp_path / "tokens.json")
+    token = tokens.add("acme", "script", ["admin"])
+    async with server(
+        auth="tokens", auth_tokens_file=str(tokens.path), **tls_settings(pki)
+    ) as running:
+
+        def script() -> str:
+            with sync.connect(running.address, token=token, tls=Tls(ca_file=pki.ca_file)) as bb:
+                bb.create_conversation("c1")
+                bb.put("c1", "k", json=1)
+                return bb.get("c1", "k").provenance.agent_id
+
+        assert await asyncio.to_thread(script) == "script"

@@ -233,6 +233,7 @@ JWT = ["--auth", "jwt", "--jwt-keys-file", "k.pem", "--jwt-audience", "bb"]
         ([*JWT, "--jwt-algorithms", "HS256,PS256"], "jwt_algorithms"),
         ([*JWT, "--jwt-leeway-s", "-1"], "jwt_leeway_s"),
         ([*JWT, "--jwt-tenant-claim", ""], "jwt_tenant_claim"),
+        (["--tenant", "a/b"], "tenant: 1-64"),
         (["--tls-cert-file", "c.pem"], "give both"),
         (["--tls-key-file", "k.pem"], "give both"),
         (["--tls-client-auth", "maybe"], "tls_client_auth: expected"),

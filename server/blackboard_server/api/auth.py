@@ -35,8 +35,9 @@ TENANT_HEADER = "x-tenant"
 _BEARER = "bearer "
 
 
-def credentials(context: Context) -> tuple[str, str, bytes]:
-    """The bearer token, the x-tenant header and the client certificate (PEM) of a call."""
+def credentials(context: Context, certificates: bool) -> tuple[str, str, bytes]:
+    """The bearer token, the x-tenant header and (when `certificates`) the client
+    certificate (PEM) of a call."""
     token = tenant = ""
     for key, value in context.invocation_metadata() or ():
         if key == AUTHORIZATION_HEADER:
@@ -45,6 +46,8 @@ def credentials(context: Context) -> tuple[str, str, bytes]:
                 token = text[len(_BEARER) :].strip()
         elif key == TENANT_HEADER:
             tenant = value if isinstance(value, str) else value.decode(errors="replace")
+    if not certificates:
+        return token, tenant, b""
     certificate = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
     return token, tenant, certificate
 
@@ -77,7 +80,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if need.public:
             return
         try:
-            token, tenant, certificate = credentials(context)
+            token, tenant, certificate = credentials(context, self._access.certificates)
             who = self._access.authenticate(token, certificate)
             if tenant and tenant != who.tenant:
                 raise TenantMismatch(tenant)

@@ -89,12 +89,16 @@ class Identity:
         return best
 
 
+def valid_tenant(tenant: str) -> bool:
+    return bool(_TENANT.fullmatch(tenant))
+
+
 def identity(
     tenant: str, agent_id: str, roles: list[str] | tuple[str, ...], expires_at: float = 0.0
 ) -> Identity:
     """An Identity from untrusted text (a token file, JWT claims, a certificate).
     Raises ValueError saying which part is malformed."""
-    if not isinstance(tenant, str) or not _TENANT.fullmatch(tenant):
+    if not isinstance(tenant, str) or not valid_tenant(tenant):
         raise ValueError(
             "tenant must be 1-64 characters of A-Z a-z 0-9 . _ - (letter or digit first)"
         )

@@ -53,6 +53,8 @@ class Access:
     def __init__(self, methods: Sequence[Authenticator], store: StateStore) -> None:
         self._methods = tuple(methods)
         self._store = store
+        #: Whether a method looks at client certificates (reading one costs a little).
+        self.certificates = any(m.name == "mtls" for m in self._methods)
         self._grants: dict[ConversationRef, tuple[float, Mapping[str, int]]] = {}
 
     # --- authentication ------------------------------------------------------------
