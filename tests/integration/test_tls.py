@@ -12,7 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from blackboard_client import (
     CredentialsInvalid,
@@ -202,3 +205,29 @@ async def test_the_sync_client_takes_a_token_and_tls(tmp_path: Path) -> None:
                 return bb.get("c1", "k").provenance.agent_id
 
         assert await asyncio.to_thread(script) == "script"
+
+
+async def test_health_is_open_reflection_needs_an_identity(tmp_path: Path) -> None:
+    tokens = TokenFile(tmp_path / "tokens.json")
+    token = tokens.add("acme", "ops", [])  # no role at all: reflection needs none
+    async with (
+        server(auth="tokens", auth_tokens_file=str(tokens.path)) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        health = health_pb2_grpc.HealthStub(channel)
+        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(list_services="")
+
+        async def services(metadata: tuple[tuple[str, str], ...]) -> list[str]:
+            call = reflect.ServerReflectionInfo(iter([ask]), metadata=metadata, timeout=5)
+            async for response in call:
+                return [s.name for s in response.list_services_response.service]
+            return []
+
+        with pytest.raises(grpc.aio.AioRpcError) as anonymous:
+            await services(())
+        assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        listed = await services((("authorization", f"Bearer {token}"),))
+        assert "blackboard.v1.Blackboard" in listed

@@ -334,3 +334,57 @@ def test_a_client_certificate_maps_o_cn_ou_to_tenant_agent_role(tmp_path: Path) 
     bad, _ = pki.client("acme", "worker-8", "owner")
     with pytest.raises(CredentialsInvalid, match="unknown role"):
         mapper.authenticate("", Path(bad).read_bytes())
+
+
+# --- the interceptor ---------------------------------------------------------------
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """Just what the interceptor's refusal uses of a grpc.aio ServicerContext."""
+
+    def __init__(self) -> None:
+        self.code: object = None
+        self.trailers: object = None
+
+    async def abort(self, code: object, details: str, trailers: object) -> None:
+        self.code, self.trailers = code, trailers
+        raise _Aborted(details)
+
+
+async def test_a_served_method_missing_from_the_table_is_refused() -> None:
+    import grpc
+
+    from blackboard_server.api.auth import AuthInterceptor
+
+    async def behaviour(request: object, context: object) -> bytes:
+        raise AssertionError("the handler must not run")
+
+    served = grpc.unary_unary_rpc_method_handler(behaviour)
+
+    async def continuation(details: object) -> object:
+        return served
+
+    class Details:
+        method = "/acme.v1.Extra/DoAnything"
+        invocation_metadata = ()
+
+    interceptor = AuthInterceptor(Access((), MemoryStore()))
+    handler = await interceptor.intercept_service(continuation, Details())  # type: ignore[arg-type]
+    context = _Context()
+    with pytest.raises(_Aborted, match="not open to any role"):
+        await handler.unary_unary(b"", context)
+    assert context.code is grpc.StatusCode.PERMISSION_DENIED
+
+    async def nothing(details: object) -> None:
+        return None
+
+    class Unknown(Details):
+        method = "/acme.v1.Extra/NotServed"
+
+    # A method nobody serves is left to gRPC (UNIMPLEMENTED), and not remembered.
+    assert await interceptor.intercept_service(nothing, Unknown()) is None  # type: ignore[arg-type]
+    assert Unknown.method not in interceptor._wrapped
