@@ -33,7 +33,7 @@ from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.observe import ObservingInterceptor
 from blackboard_server.api.servicer import BlackboardServicer
-from blackboard_server.config import Settings
+from blackboard_server.config import Settings, SettingsError
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
 from blackboard_server.services.access import Access, Authenticator
@@ -92,17 +92,45 @@ async def open_coordinator(settings: Settings) -> Coordinator:
     )
 
 
-def open_access(settings: Settings, store: StateStore) -> Access | None:
-    """The authenticators `auth` lists, in its order; None when auth is none.
-    A missing or malformed key or token file stops the start here."""
+def authenticators(settings: Settings) -> list[Authenticator]:
+    """The methods `auth` lists, in its order. A missing or malformed token or key
+    file stops the start, with a message naming the setting and the file."""
     methods: list[Authenticator] = []
     for name in settings.auth_methods:
+        path = setting = ""
         if name == "tokens":
-            methods.append(TokenFile(settings.auth_tokens_file))
+            path, setting = settings.auth_tokens_file, "auth_tokens_file"
         elif name == "jwt":
-            methods.append(JwtVerifier(jwt_config(settings)))
-        else:
-            methods.append(CertificateMapper())
+            path, setting = settings.jwt_keys_file, "jwt_keys_file"
+        try:
+            if name == "tokens":
+                methods.append(TokenFile(path))
+            elif name == "jwt":
+                methods.append(JwtVerifier(jwt_config(settings)))
+            else:
+                methods.append(CertificateMapper())
+        except OSError as error:
+            raise SettingsError(f"{setting}: cannot read {path}: {error.strerror}") from None
+        except ValueError as error:
+            raise SettingsError(f"{setting}: {error}") from None
+    return methods
+
+
+def server_tls(settings: Settings) -> ServerTls | None:
+    if not settings.tls:
+        return None
+    try:
+        return ServerTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    except OSError as error:
+        raise SettingsError(f"tls: cannot read {error.filename}: {error.strerror}") from None
+    except ValueError as error:
+        raise SettingsError(f"tls: {error}") from None
+
+
+def open_access(
+    settings: Settings, methods: list[Authenticator], store: StateStore
+) -> Access | None:
+    """None when auth is none."""
     if not methods:
         if not settings.embedded:
             log.warning(
@@ -127,10 +155,9 @@ def jwt_config(settings: Settings) -> JwtConfig:
     )
 
 
-def add_port(server: grpc.aio.Server, settings: Settings) -> int:
-    if not settings.tls:
+def add_port(server: grpc.aio.Server, settings: Settings, tls: ServerTls | None) -> int:
+    if tls is None:
         return server.add_insecure_port(settings.listen)
-    tls = ServerTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
     return server.add_secure_port(settings.listen, tls.credentials())
 
 
@@ -161,6 +188,8 @@ async def serve(
         )
     else:
         log.info("starting", listen=settings.listen, store="redis")
+    # Files first: a bad key or token file stops the start before anything connects.
+    methods, tls = authenticators(settings), server_tls(settings)
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         metrics.changelog_retention.set(settings.retention)
@@ -223,7 +252,7 @@ async def serve(
             metrics,
         )
         metrics.watch_subscribers(lambda: hub.subscribers)
-        access = open_access(settings, store)
+        access = open_access(settings, methods, store)
         verified = access is not None
         servicer = BlackboardServicer(
             blackboard,
@@ -266,7 +295,7 @@ async def serve(
             ),
             server,
         )
-        port = add_port(server, settings)
+        port = add_port(server, settings, tls)
         metrics_port = 0
         if settings.metrics_port:
             host = settings.metrics_host or settings.listen.rpartition(":")[0].strip("[]")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -231,3 +233,39 @@ async def test_health_is_open_reflection_needs_an_identity(tmp_path: Path) -> No
         assert anonymous.value.code() is grpc.StatusCode.UNAUTHENTICATED
         listed = await services((("authorization", f"Bearer {token}"),))
         assert "blackboard.v1.Blackboard" in listed
+
+
+STARTS = {
+    "missing token file": (
+        ["--auth", "tokens", "--auth-tokens-file", "{dir}/missing.json"],
+        "auth_tokens_file: cannot read",
+    ),
+    "short secret": (
+        ["--auth", "jwt", "--jwt-keys-file", "{dir}/short", "--jwt-audience", "bb"],
+        "at least 32 bytes",
+    ),
+    "another key": (
+        ["--tls-cert-file", "{pki}/server.pem", "--tls-key-file", "{other}/server.key"],
+        "does not hold the key",
+    ),
+    "open without auth": (
+        ["--listen", "0.0.0.0:0", "--redis-url", "redis://127.0.0.1:1/0"],
+        "needs authentication",
+    ),
+}
+
+
+@pytest.mark.parametrize(("args", "message"), STARTS.values(), ids=STARTS.keys())
+def test_the_server_refuses_to_start_with_a_clear_message(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    Pki(tmp_path / "pki")
+    Pki(tmp_path / "other")
+    (tmp_path / "short").write_bytes(b"too short")
+    values = {"dir": str(tmp_path), "pki": str(tmp_path / "pki"), "other": str(tmp_path / "other")}
+    done = subprocess.run(
+        [sys.executable, "-m", "blackboard_server", *(a.format(**values) for a in args)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr

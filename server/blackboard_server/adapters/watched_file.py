@@ -26,7 +26,10 @@ class WatchedFile(Generic[T]):
         self._interval = interval_s
         self._stamp = self._stat()
         # At start a bad file is fatal: the server must not come up without its keys.
-        self._value = parse(self._read())
+        try:
+            self._value = parse(self._read())
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         self._checked = time.monotonic()
         #: How many times the content was replaced since start.
         self.reloads = 0
