@@ -1,5 +1,6 @@
-"""TLS and client certificates, with certificates made for each test (trustme), and
-bearer tokens reloaded from their file while the server runs. The SDK is the client."""
+"""TLS and client certificates, with certificates made for each test (trustme);
+bearer tokens reloaded from their file while the server runs; roles granted and
+revoked on a conversation; start-up refusals. The SDK is the client."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from blackboard_client import (
     CredentialsInvalid,
     CredentialsMissing,
+    Grant,
     KeyNotFound,
     RetryPolicy,
     RoleRequired,
@@ -269,3 +271,38 @@ def test_the_server_refuses_to_start_with_a_clear_message(
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_an_admin_grants_and_revokes_roles_on_a_conversation(tmp_path: Path) -> None:
+    tokens = TokenFile(tmp_path / "tokens.json")
+    owner = tokens.add("acme", "owner", ["team-*:admin"])
+    bob = tokens.add("acme", "bob", [])  # nothing of its own: only what is granted
+    async with (
+        server(auth="tokens", auth_tokens_file=str(tokens.path)) as running,
+        connect(running.address, token=owner, **FAST) as admin,
+        connect(running.address, token=bob, **FAST) as agent,
+    ):
+        await admin.create_conversation("team-1")
+        await admin.create_conversation("team-2")
+        with pytest.raises(RoleRequired):
+            await agent.put("team-1", "k", json=1)
+        await admin.grant_role("team-1", "bob", "writer")
+        await admin.grant_role("team-1", "*", "reader")
+        assert await admin.list_grants("team-1") == [Grant("*", "reader"), Grant("bob", "writer")]
+        written = await agent.put("team-1", "k", json=1)
+        assert (await agent.get("team-1", "k")).provenance.agent_id == "bob"
+        with pytest.raises(RoleRequired):
+            await agent.put("team-2", "k", json=1)  # the grant is on team-1 only
+        with pytest.raises(RoleRequired):
+            await agent.grant_role("team-1", "bob", "admin")  # writers grant nothing
+        with pytest.raises(RoleRequired):
+            await agent.list_conversations()  # a grant is not a tenant-wide role
+        assert await admin.revoke_role("team-1", "bob") is True
+        assert await admin.revoke_role("team-1", "bob") is False
+        with pytest.raises(RoleRequired):
+            await agent.put("team-1", "k", json=2)
+        entry = await agent.get("team-1", "k")  # still a reader, through "*"
+        assert entry.json() == 1 and entry.mod_revision == written.revision
+        await admin.delete_conversation("team-1")
+        await admin.create_conversation("team-1")
+        assert await admin.list_grants("team-1") == []  # grants went with the conversation
