@@ -20,23 +20,20 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from blackboard_server.adapters.auth_jwt import JwtConfig, JwtVerifier
-from blackboard_server.adapters.auth_mtls import CertificateMapper
-from blackboard_server.adapters.auth_tokens import TokenFile
 from blackboard_server.adapters.instrumented import InstrumentedCoordinator, InstrumentedStore
 from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
-from blackboard_server.adapters.tls import ServerTls
 from blackboard_server.api import convert
 from blackboard_server.api.auth import AuthInterceptor
 from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.observe import ObservingInterceptor
 from blackboard_server.api.servicer import BlackboardServicer
-from blackboard_server.config import Settings, SettingsError
+from blackboard_server.config import Settings
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
-from blackboard_server.services.access import Access, Authenticator
+from blackboard_server.security import add_port, authenticators, open_access, server_tls
+from blackboard_server.services.access import Access
 from blackboard_server.services.blackboard import BlackboardService
 from blackboard_server.services.census import count_forever
 from blackboard_server.services.coordination import CoordinationService, record_observations
@@ -90,75 +87,6 @@ async def open_coordinator(settings: Settings) -> Coordinator:
         replica_id=settings.replica_id or None,
         shards=settings.coordination_shards,
     )
-
-
-def authenticators(settings: Settings) -> list[Authenticator]:
-    """The methods `auth` lists, in its order. A missing or malformed token or key
-    file stops the start, with a message naming the setting and the file."""
-    methods: list[Authenticator] = []
-    for name in settings.auth_methods:
-        path = setting = ""
-        if name == "tokens":
-            path, setting = settings.auth_tokens_file, "auth_tokens_file"
-        elif name == "jwt":
-            path, setting = settings.jwt_keys_file, "jwt_keys_file"
-        try:
-            if name == "tokens":
-                methods.append(TokenFile(path))
-            elif name == "jwt":
-                methods.append(JwtVerifier(jwt_config(settings)))
-            else:
-                methods.append(CertificateMapper())
-        except OSError as error:
-            raise SettingsError(f"{setting}: cannot read {path}: {error.strerror}") from None
-        except ValueError as error:
-            raise SettingsError(f"{setting}: {error}") from None
-    return methods
-
-
-def server_tls(settings: Settings) -> ServerTls | None:
-    if not settings.tls:
-        return None
-    try:
-        return ServerTls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
-    except OSError as error:
-        raise SettingsError(f"tls: cannot read {error.filename}: {error.strerror}") from None
-    except ValueError as error:
-        raise SettingsError(f"tls: {error}") from None
-
-
-def open_access(
-    settings: Settings, methods: list[Authenticator], store: StateStore
-) -> Access | None:
-    """None when auth is none."""
-    if not methods:
-        if not settings.embedded:
-            log.warning(
-                "auth is none: every caller acts in one tenant, as whatever agent it names",
-                tenant=settings.tenant,
-            )
-        return None
-    log.info("authentication", methods=settings.auth_methods, tls=settings.tls)
-    return Access(methods, store)
-
-
-def jwt_config(settings: Settings) -> JwtConfig:
-    return JwtConfig(
-        keys_file=settings.jwt_keys_file,
-        algorithms=tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip()),
-        issuer=settings.jwt_issuer,
-        audience=settings.jwt_audience,
-        leeway_s=settings.jwt_leeway_s,
-        tenant_claim=settings.jwt_tenant_claim,
-        agent_claim=settings.jwt_agent_claim,
-        roles_claim=settings.jwt_roles_claim,
-    )
-
-
-def add_port(server: grpc.aio.Server, settings: Settings, tls: ServerTls | None) -> int:
-    if tls is None:
-        return server.add_insecure_port(settings.listen)
-    return server.add_secure_port(settings.listen, tls.credentials())
 
 
 async def open_store(settings: Settings) -> StateStore:
