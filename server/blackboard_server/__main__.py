@@ -31,15 +31,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blackboard-server: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
-    if settings.uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            uvloop.run(_run(settings))
-            return 0
-    asyncio.run(_run(settings))
+    try:
+        if settings.uvloop:
+            try:
+                import uvloop
+            except ImportError:
+                pass
+            else:
+                uvloop.run(_run(settings))
+                return 0
+        asyncio.run(_run(settings))
+    except SettingsError as error:  # a file a setting names is missing or malformed
+        print(f"blackboard-server: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

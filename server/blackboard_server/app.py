@@ -24,6 +24,7 @@ from blackboard_server.adapters.instrumented import InstrumentedCoordinator, Ins
 from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
 from blackboard_server.api import convert
+from blackboard_server.api.auth import AuthInterceptor
 from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.observe import ObservingInterceptor
@@ -31,6 +32,8 @@ from blackboard_server.api.servicer import BlackboardServicer
 from blackboard_server.config import Settings
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
+from blackboard_server.security import add_port, authenticators, open_access, server_tls
+from blackboard_server.services.access import Access
 from blackboard_server.services.blackboard import BlackboardService
 from blackboard_server.services.census import count_forever
 from blackboard_server.services.coordination import CoordinationService, record_observations
@@ -148,6 +151,8 @@ async def serve(
         )
     else:
         log.info("starting", listen=settings.listen, store="redis")
+    # Files first: a bad key or token file stops the start before anything connects.
+    methods, tls = authenticators(settings), server_tls(settings)
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         metrics.changelog_retention.set(settings.retention)
@@ -210,22 +215,31 @@ async def serve(
             metrics,
         )
         metrics.watch_subscribers(lambda: hub.subscribers)
+        access = open_access(settings, methods, store)
+        verified = access is not None
         servicer = BlackboardServicer(
             blackboard,
             subscriptions,
+            access or Access((), store),
             tenant=settings.tenant,
             write_timeout_s=settings.subscriber_write_timeout_s,
+            verified=verified,
         )
-
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ObservingInterceptor(metrics, tracing, tenant=settings.tenant, verified=verified)
+        ]
+        if access is not None:
+            interceptors.append(AuthInterceptor(access))
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(metrics, tracing, tenant=settings.tenant)],
+            interceptors=interceptors,
             options=server_options(settings),
         )
         server.add_generic_rpc_handlers(
             [
                 generic_handler(BLACKBOARD, servicer),
                 generic_handler(
-                    COORDINATION, CoordinationServicer(coordination, tenant=settings.tenant)
+                    COORDINATION,
+                    CoordinationServicer(coordination, tenant=settings.tenant, verified=verified),
                 ),
             ]
         )
@@ -242,7 +256,7 @@ async def serve(
             ),
             server,
         )
-        port = server.add_insecure_port(settings.listen)
+        port = add_port(server, settings, tls)
         metrics_port = 0
         if settings.metrics_port:
             host = settings.metrics_host or settings.listen.rpartition(":")[0].strip("[]")
