@@ -7,11 +7,12 @@ import pytest
 from tests.deploy.manifests import Doc, kustomize, load_all
 
 OVERLAYS = ("dev", "prod")
-# Everything rendered: the overlays, the load test, the managed-backends example.
+# Everything rendered: the overlays, the load tests, the managed-backends example.
 RENDERS = {
     "dev": "dev",
     "prod": "prod",
-    "loadtest": "loadtest",
+    "loadtest": "loadtest/dev",
+    "loadtest-prod": "loadtest/prod",
     "managed": "examples/managed-backends",
 }
 

@@ -82,7 +82,14 @@ def test_environment_is_valid_server_settings(final: Stage) -> None:
     settings = {k: v for k, v in env.items() if k.startswith("BB_")}
     names = {"BB_" + f.upper() for f in Settings.__dataclass_fields__}
     assert set(settings) <= names, set(settings) - names
-    loaded = Settings.load([], {**settings, "BB_REDIS_URL": "redis://redis:6379/0"})
+    # What every deployment adds: a store, and authentication (required off loopback).
+    needed = {
+        "BB_REDIS_URL": "redis://redis:6379/0",
+        "BB_AUTH": "tokens",
+        "BB_AUTH_TOKENS_FILE": "/etc/blackboard/tokens/tokens.json",
+    }
+    assert not set(needed) & set(settings)
+    loaded = Settings.load([], {**settings, **needed})
     assert loaded.health_listen and loaded.listen.startswith("0.0.0.0:")
     assert env["PYTHONDONTWRITEBYTECODE"] == "1", "a read-only root cannot take .pyc files"
     exposed = {int(p) for p in final.all("EXPOSE")[-1].args.split()}

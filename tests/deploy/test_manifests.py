@@ -338,3 +338,71 @@ def test_managed_backends_example_drops_the_bundled_ones(
     assert len(blocks) == 2
     # Everything else of prod is still there.
     assert one(docs, "HorizontalPodAutoscaler", "blackboard") and one(docs, "ServiceMonitor")
+
+
+# Keys of the Secrets created out of band (docs/deploy.md): kubernetes.io/tls, and
+# the JWT keys document.
+EXTERNAL_SECRET_KEYS = {
+    "blackboard-tls": {"tls.crt", "tls.key", "ca.crt"},
+    "blackboard-jwt": {"jwks.json"},
+}
+
+
+def secret_files(docs: list[Doc]) -> dict[str, tuple[str, set[str]]]:
+    """Each *_FILE setting: the Secret its path lies in, and that Secret's keys."""
+    spec = pod_spec(one(docs, "Deployment", "blackboard"))
+    (container,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    out = {}
+    for key, path in server_settings(docs).items():
+        if not key.endswith("_FILE"):
+            continue
+        directory, _, file_name = path.rpartition("/")
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+        assert mount.get("readOnly") is True, key
+        secret_name = volumes[mount["name"]]["secret"]["secretName"]
+        generated = [s for s in find(docs, "Secret") if s["metadata"]["name"] == secret_name]
+        keys = set(generated[0]["data"]) if generated else EXTERNAL_SECRET_KEYS[secret_name]
+        assert file_name in keys, f"{key}: {secret_name} has no key {file_name}"
+        out[key] = (secret_name, keys)
+    return out
+
+
+def test_every_file_setting_is_a_key_of_a_mounted_secret(docs: list[Doc]) -> None:
+    files = secret_files(docs)
+    assert files, "credentials come from Secrets"
+    s = loaded(docs)
+    assert s.auth_methods, "off loopback the server needs authentication"
+
+
+def test_prod_serves_tls_and_checks_jwts(prod: list[Doc]) -> None:
+    s = loaded(prod)
+    assert s.tls and s.auth_methods == ["jwt"]
+    assert s.jwt_audience and s.jwt_issuer
+    assert "HS256" not in s.jwt_algorithms, "a shared secret would let any holder mint tokens"
+    files = secret_files(prod)
+    assert files["BB_TLS_CERT_FILE"][0] == files["BB_TLS_KEY_FILE"][0] == "blackboard-tls"
+    assert files["BB_JWT_KEYS_FILE"][0] == "blackboard-jwt"
+
+
+def test_dev_token_secret_matches_the_token_file(manifests: dict[str, list[Doc]]) -> None:
+    """The load test's token (dev) is one the dev server accepts."""
+    import base64
+    import hashlib
+    import json
+
+    dev = manifests["dev"]
+    assert loaded(dev).auth_methods == ["tokens"]
+    token_secret = one(dev, "Secret", "blackboard-loadtest")
+    token = base64.b64decode(token_secret["data"]["token"])
+    (tokens_secret_name, keys) = secret_files(dev)["BB_AUTH_TOKENS_FILE"]
+    (file_name,) = keys
+    tokens = json.loads(base64.b64decode(one(dev, "Secret", tokens_secret_name)["data"][file_name]))
+    assert hashlib.sha256(token).hexdigest() in [t["sha256"] for t in tokens["tokens"]]
+    job = one(manifests["loadtest"], "Job", "blackboard-loadtest")
+    (container,) = pod_spec(job)["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["BB_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "blackboard-loadtest",
+        "key": "token",
+    }

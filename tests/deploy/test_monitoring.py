@@ -95,3 +95,17 @@ def test_load_test_job_arguments_are_bb_loadtests(manifests: dict[str, list[Doc]
     assert parsed.address == "blackboard:50051"
     assert parsed.json.endswith(".json") and parsed.html.endswith(".html")
     assert parsed.duration > 0
+
+
+def test_prod_load_test_trusts_a_mounted_ca(manifests: dict[str, list[Doc]]) -> None:
+    from loadtest.cli import parser
+
+    job = one(manifests["loadtest-prod"], "Job", "blackboard-loadtest")
+    spec = pod_spec(job)
+    (container,) = spec["containers"]
+    parsed = parser().parse_args(container["args"])
+    assert parsed.address == "blackboard:50051"
+    directory, _, file_name = parsed.tls_ca.rpartition("/")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == directory)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    assert file_name in [item["path"] for item in volume["secret"]["items"]]

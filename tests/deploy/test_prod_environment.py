@@ -1,19 +1,27 @@
 """The real server, started with exactly the environment a prod pod gets (the image's
 BB_* defaults under the overlay's ConfigMap), only the addresses pointed at local
-processes: it must come up SERVING, use Redis and etcd, and drain on SIGTERM."""
+processes and the Secret files made here: it must come up SERVING on the health
+port, serve TLS with JWT authentication, use Redis and etcd, and drain on SIGTERM."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+import jwt
 import pytest
+import trustme
+from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blackboard.v1 import blackboard_pb2 as pb
@@ -30,9 +38,14 @@ def pod_environment(docs: list[Doc]) -> dict[str, str]:
     return {**image, **server_settings(docs)}
 
 
-def localised(env: dict[str, str], redis: RedisServer, etcd: EtcdCluster) -> dict[str, str]:
-    """The same settings with every address moved to this machine; nothing else changes."""
+def localised(
+    env: dict[str, str], redis: RedisServer, etcd: EtcdCluster, files: dict[str, Path]
+) -> dict[str, str]:
+    """The same settings with every address and file moved to this machine; nothing else."""
     out = dict(env)
+    for key, path in files.items():
+        assert env[key].rpartition("/")[2] == path.name, "the Secret's key names the file"
+        out[key] = str(path)
     out["BB_REDIS_URL"] = redis.url
     endpoints = env["BB_ETCD_ENDPOINTS"].split(",")
     assert len(endpoints) == len(etcd.endpoints)
@@ -68,6 +81,49 @@ def etcd3(tmp_path: Path) -> Iterator[EtcdCluster]:
     cluster.stop()
 
 
+@dataclass
+class Credentials:
+    ca: trustme.CA
+    files: dict[str, Path]
+    private_key: Any
+
+    def token(self, env: dict[str, str], **claims: Any) -> str:
+        now = int(time.time())
+        body = {
+            "iss": env["BB_JWT_ISSUER"],
+            "aud": env["BB_JWT_AUDIENCE"],
+            "sub": "planner",
+            "tenant": "acme",
+            "roles": ["admin"],
+            "iat": now,
+            "exp": now + 300,
+            **claims,
+        }
+        return str(jwt.encode(body, self.private_key, algorithm="RS256", headers={"kid": "k1"}))
+
+
+@pytest.fixture
+def credentials(tmp_path: Path) -> Credentials:
+    """What the Secrets blackboard-tls and blackboard-jwt would hold."""
+    ca = trustme.CA()
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    server_cert = ca.issue_cert("localhost", "127.0.0.1", "blackboard")
+    server_cert.cert_chain_pems[0].write_to_path(str(tls / "tls.crt"))
+    server_cert.private_key_pem.write_to_path(str(tls / "tls.key"))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    keys = tmp_path / "jwt" / "jwks.json"
+    keys.parent.mkdir()
+    keys.write_text(json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}))
+    files = {
+        "BB_TLS_CERT_FILE": tls / "tls.crt",
+        "BB_TLS_KEY_FILE": tls / "tls.key",
+        "BB_JWT_KEYS_FILE": keys,
+    }
+    return Credentials(ca, files, key)
+
+
 def health(address: str) -> int:
     with grpc.insecure_channel(address) as channel:
         try:
@@ -85,9 +141,13 @@ def local(address: str) -> str:
 
 @pytest.mark.slow
 def test_server_serves_with_the_prod_environment(
-    prod: list[Doc], redis_prod: RedisServer, etcd3: EtcdCluster, tmp_path: Path
+    prod: list[Doc],
+    redis_prod: RedisServer,
+    etcd3: EtcdCluster,
+    credentials: Credentials,
+    tmp_path: Path,
 ) -> None:
-    env = localised(pod_environment(prod), redis_prod, etcd3)
+    env = localised(pod_environment(prod), redis_prod, etcd3, credentials.files)
     process_env = {k: v for k, v in os.environ.items() if not k.startswith("BB_")}
     server_log = open(tmp_path / "server.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
@@ -106,11 +166,31 @@ def test_server_serves_with_the_prod_environment(
 
         wait_for(serving, 60, "the server with the prod environment")
         conversation = f"t-{uuid.uuid4().hex[:12]}"
-        with grpc.insecure_channel(local(env["BB_LISTEN"])) as channel:
+        tls = grpc.ssl_channel_credentials(credentials.ca.cert_pem.bytes())
+        target = "localhost:" + env["BB_LISTEN"].rpartition(":")[2]
+        request = pb.CreateConversationRequest(id=conversation)
+        bearer = [("authorization", "Bearer " + credentials.token(env))]
+        with grpc.secure_channel(target, tls) as channel:
             stub = pb_grpc.BlackboardStub(channel)
-            stub.CreateConversation(pb.CreateConversationRequest(id=conversation), timeout=10)
-            got = stub.GetConversation(pb.GetConversationRequest(id=conversation), timeout=10)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CreateConversation(request, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            forged = [("authorization", "Bearer " + credentials.token(env, aud="other"))]
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.CreateConversation(request, timeout=10, metadata=forged)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as missing:
+                stub.GetConversation(
+                    pb.GetConversationRequest(id=conversation), timeout=10, metadata=bearer
+                )
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            stub.CreateConversation(request, timeout=10, metadata=bearer)
+            got = stub.GetConversation(
+                pb.GetConversationRequest(id=conversation), timeout=10, metadata=bearer
+            )
             assert got.id == conversation
+        # Plaintext is not served on the gRPC port.
+        assert health(local(env["BB_LISTEN"])) == -1
         # It wrote to this Redis and registered with this etcd.
         import redis
 
