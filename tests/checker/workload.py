@@ -33,7 +33,8 @@ DEFINITE = (FailedPrecondition, InvalidArgument, NotFound)
 
 @dataclass
 class Counts:
-    ok: int = 0
+    ok: int = 0  # writes acknowledged
+    reads: int = 0
     failed: int = 0
     unknown: int = 0
     errors: list[str] = field(default_factory=list)  # the unknown outcomes, for reports
@@ -84,13 +85,13 @@ class Recorded:
             entry = await self.client.get(conv, key)
         except KeyNotFound:
             self.history.ok(op, 0, 0)
-            self.counts.ok += 1
+            self.counts.reads += 1
             return 0
         except (BlackboardError, TimeoutError) as error:
             self._unknown(op, error)
             return None
         self.history.ok(op, entry.mod_revision, entry.version, entry.value.data.decode())
-        self.counts.ok += 1
+        self.counts.reads += 1
         return entry.version
 
 
@@ -132,7 +133,11 @@ class Subscriber:
         self.advanced = asyncio.Event()
 
     async def run(self, done: Callable[[int], bool]) -> None:
-        """Reads until `done(revision)`; an error ends the stream and is recorded."""
+        """Reads until `done(revision)`; an error ends the stream and is recorded.
+
+        Cancelling it once `done(revision)` holds is a clean end: a stream that
+        has nothing new gets nothing to wake it up.
+        """
         self.history.subscribed(self.name, self.conv, 1)
         error = ""
         try:
@@ -145,7 +150,8 @@ class Subscriber:
         except BlackboardError as e:
             error = f"{type(e).__name__}: {e}"
         except asyncio.CancelledError:
-            error = "cancelled before it was complete"
+            if not done(self.revision):
+                error = "cancelled before it was complete"
             raise
         finally:
             self.history.sub_ended(self.name, error)

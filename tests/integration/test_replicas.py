@@ -15,7 +15,7 @@ from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from tests.integration.test_coordination_api import Agents
 from tests.integration.test_stream import Recorder, wait_until
-from tests.servers import EtcdCluster, RedisServer, ServerProcess
+from tests.servers import EtcdCluster, RedisServer, ServerProcess, start_replicas
 
 Kind = pb.CoordinationEvent
 
@@ -24,22 +24,7 @@ Kind = pb.CoordinationEvent
 def replicas(
     redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
 ) -> Iterator[list[ServerProcess]]:
-    prefix = f"/bb-{uuid.uuid4().hex[:8]}"
-    common = (
-        "--redis-url",
-        redis_server.url,
-        "--etcd-endpoints",
-        ",".join(etcd.endpoints),
-        "--etcd-prefix",
-        prefix,
-        "--progress-interval-s",
-        "0.5",
-    )
-    servers = [
-        ServerProcess(tmp_path / f"r{i}", *common, "--replica-id", f"r{i}") for i in range(2)
-    ]
-    for server in servers:
-        server.start()
+    servers = start_replicas(tmp_path, redis_server, etcd, 2)
     yield servers
     for server in servers:
         server.stop()
