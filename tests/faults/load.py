@@ -55,15 +55,19 @@ async def run_load(
     fault: Callable[[], Awaitable[None]],
     *,
     retry: RetryPolicy = FAILOVER,
+    writer_retry: RetryPolicy | None = None,
     timeout: float = 5.0,
 ) -> Outcome:
-    """Runs `fault()` under `load`; the writers stop when it returns."""
+    """Runs `fault()` under `load`; the writers stop when it returns.
+
+    Subscribers use `retry`; writers `writer_retry` (default: `retry` too).
+    """
     history = History(workdir / "history.jsonl")
     counts = Counts()
     clients: list[Client] = []
 
-    def client() -> Client:
-        clients.append(connect(list(addresses), retry=retry, timeout=timeout))
+    def client(policy: RetryPolicy = retry) -> Client:
+        clients.append(connect(list(addresses), retry=policy, timeout=timeout))
         return clients[-1]
 
     loop = asyncio.get_running_loop()
@@ -87,7 +91,7 @@ async def run_load(
         interval = writers_count / load.writes_per_second
         writers = []
         for conv in convs:
-            writer_client = client()
+            writer_client = client(writer_retry or retry)
             keys = [f"k{i}" for i in range(load.keys)]
             for w in range(load.writers_per_conversation):
                 ops = Recorded(writer_client, history, f"{conv}/w{w}", counts)

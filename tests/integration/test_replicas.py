@@ -110,3 +110,35 @@ async def test_an_agents_death_is_recorded_once_with_two_replicas(
         assert recorder.revisions == list(range(1, len(recorder.revisions) + 1))
         expired = next(e for e in recorder.events if e.coordination.kind == Kind.AGENT_EXPIRED)
         assert [c.entry.key for c in expired.changes] == ["claims/job"]
+
+
+async def test_dropped_notifications_lose_nothing_across_replicas(
+    replicas: list[ServerProcess], redis_server: RedisServer
+) -> None:
+    """Pub/sub is only a wake-up: with every replica's pub/sub connection killed
+    again and again while writes go on, a subscriber on the other replica still
+    gets every revision, in order, from the log."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_server.url)
+    async with (
+        grpc.aio.insecure_channel(replicas[0].address) as a,
+        grpc.aio.insecure_channel(replicas[1].address) as b,
+    ):
+        writer, reader = pb_grpc.BlackboardStub(a), pb_grpc.BlackboardStub(b)
+        conv = f"drop-{uuid.uuid4().hex[:8]}"
+        await writer.CreateConversation(pb.CreateConversationRequest(id=conv))
+        total = 300
+        recorder = Recorder(reader, pb.SubscribeRequest(conversation_id=conv, start_revision=1))
+        reading = asyncio.create_task(recorder.read(until=lambda r: len(r.events) >= total))
+        killed = 0
+        for i in range(total):
+            if i % 30 == 10:
+                killed += await admin.client_kill_filter(_type="pubsub")
+            await writer.Put(
+                pb.PutRequest(conversation_id=conv, key=f"k{i % 7}", value=pb.Value(data=b"v"))
+            )
+        await asyncio.wait_for(reading, 30)
+        await admin.aclose()
+        assert killed >= 2  # the replicas lost their pub/sub connections, some more than once
+        assert recorder.revisions == list(range(1, total + 1))
