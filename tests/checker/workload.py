@@ -49,11 +49,14 @@ def _expect(version: int | None) -> Expect | None:
 class Recorded:
     """Operations on one client, recorded under one process name."""
 
-    def __init__(self, client: Client, history: History, proc: str, counts: Counts) -> None:
+    def __init__(
+        self, client: Client, history: History, proc: str, counts: Counts, *, pad: str = ""
+    ) -> None:
         self.client = client
         self.history = history
         self.proc = proc
         self.counts = counts
+        self.pad = pad  # appended to every value written, to make values larger
 
     def _unknown(self, op: int, error: BaseException) -> None:
         self.history.unknown(op, f"{type(error).__name__}: {error}")
@@ -62,7 +65,7 @@ class Recorded:
 
     async def put(self, conv: str, key: str, expect: int | None = None) -> None:
         f = "put" if expect is None else "cas"
-        value = f"{self.proc}-{len(self.history.records)}-{random.getrandbits(32):08x}"
+        value = f"{self.proc}-{len(self.history.records)}-{random.getrandbits(32):08x}{self.pad}"
         op = self.history.invoke(self.proc, f, conv, key, value, expect)
         try:
             result = await self.client.put(conv, key, value, expect=_expect(expect))
