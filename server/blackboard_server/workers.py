@@ -139,7 +139,8 @@ class Supervisor:
                 log.error("worker did not stop within the grace; killing it", pid=proc.pid)
                 proc.kill()
                 code = proc.wait()
-            failed = failed or code != 0
+            # A worker still starting up has no handler yet: the signal itself ends it.
+            failed = failed or code not in (0, -signum)
         return 1 if failed else 0
 
 
