@@ -11,13 +11,13 @@ again on its port at once, so two of three serve while it comes back.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.faults.load import Load, every, run_load
-from tests.servers import EtcdCluster, RedisServer, ServerProcess, start_replicas
+from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.slow
 LOAD_S = 20.0
@@ -25,13 +25,8 @@ KILL_EVERY_S = 4.0
 
 
 @pytest.fixture
-def replicas(
-    redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
-) -> Iterator[list[ServerProcess]]:
-    servers = start_replicas(tmp_path, redis_server, etcd, 3)
-    yield servers
-    for server in servers:
-        server.stop()
+def replicas(make_replicas: Callable[..., list[ServerProcess]]) -> list[ServerProcess]:
+    return make_replicas(3)
 
 
 @pytest.mark.timeout(180)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import re
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.faults.load import Load, run_load
-from tests.servers import EtcdCluster, RedisServer, ServerProcess, start_replicas
+from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.slow
 GRACE_S = 5.0
@@ -32,14 +32,8 @@ def open_streams(metrics_port: int) -> int:
 
 
 @pytest.fixture
-def replicas(
-    redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
-) -> Iterator[list[ServerProcess]]:
-    grace = ("--shutdown-grace-s", str(GRACE_S))
-    servers = start_replicas(tmp_path, redis_server, etcd, 3, *grace, metrics=True)
-    yield servers
-    for server in servers:
-        server.stop()
+def replicas(make_replicas: Callable[..., list[ServerProcess]]) -> list[ServerProcess]:
+    return make_replicas(3, "--shutdown-grace-s", str(GRACE_S), metrics=True)
 
 
 @pytest.mark.timeout(180)

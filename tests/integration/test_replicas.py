@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -15,19 +14,14 @@ from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from tests.integration.test_coordination_api import Agents
 from tests.integration.test_stream import Recorder, wait_until
-from tests.servers import EtcdCluster, RedisServer, ServerProcess, start_replicas
+from tests.servers import RedisServer, ServerProcess
 
 Kind = pb.CoordinationEvent
 
 
 @pytest.fixture
-def replicas(
-    redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
-) -> Iterator[list[ServerProcess]]:
-    servers = start_replicas(tmp_path, redis_server, etcd, 2)
-    yield servers
-    for server in servers:
-        server.stop()
+def replicas(make_replicas: Callable[..., list[ServerProcess]]) -> list[ServerProcess]:
+    return make_replicas(2)
 
 
 async def test_writes_through_one_replica_reach_subscribers_of_the_other(

@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from blackboard_client import Events, RetryPolicy, connect, sync
-from tests.servers import EtcdCluster, RedisServer, ServerProcess, start_replicas
+from tests.servers import ServerProcess
 
 RETRY = RetryPolicy(attempts=10, max_backoff=1.0)
 
 
 @pytest.fixture
-def replicas(
-    redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
-) -> Iterator[list[ServerProcess]]:
-    servers = start_replicas(tmp_path, redis_server, etcd, 2)
-    yield servers
-    for server in servers:
-        server.stop()
+def replicas(make_replicas: Callable[..., list[ServerProcess]]) -> list[ServerProcess]:
+    return make_replicas(2)
 
 
 @pytest.mark.timeout(90)

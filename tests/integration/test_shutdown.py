@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -19,20 +18,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blackboard.v1 import blackboard_pb2 as pb
 from tests.integration.test_api import details
 from tests.integration.test_coordination_api import Agents
-from tests.servers import EtcdCluster, RedisServer, ServerProcess, start_replicas
+from tests.servers import ServerProcess
 
 GRACE_S = 8.0
 Health = health_pb2.HealthCheckResponse
 
 
 @pytest.fixture
-def replicas(
-    redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
-) -> Iterator[list[ServerProcess]]:
-    servers = start_replicas(tmp_path, redis_server, etcd, 2, "--shutdown-grace-s", str(GRACE_S))
-    yield servers
-    for server in servers:
-        server.stop()
+def replicas(make_replicas: Callable[..., list[ServerProcess]]) -> list[ServerProcess]:
+    return make_replicas(2, "--shutdown-grace-s", str(GRACE_S))
 
 
 @pytest.mark.timeout(60)
