@@ -20,6 +20,8 @@ server in its own process, clients on uvloop with the raw generated stubs:
    the first one, so that put and fan-out are measured as before, without the
    etcd coordinator's background work (replica lease, shard elections) or an
    etcd process on the cores.
+5. replicas (tests/bench_replicas.py): writes/s with one process, two replicas
+   and `--workers 2`, and fan-out across two replicas (`--no-replicas` skips it).
 
 Prints a table and writes bench-results/latest.json (and the server's log next
 to it). Every process shares the machine: the table says how much CPU each used
@@ -61,6 +63,7 @@ from tests.bench_common import (
 )
 from tests.bench_fanout import run_fanout
 from tests.bench_profile import Profiler
+from tests.bench_replicas import replica_rows, run_replicas
 from tests.bench_report import print_table, rows
 from tests.servers import EtcdCluster, RedisServer, free_port, require
 
@@ -264,6 +267,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         try:
             await run_data_phases(args, tmp, redis, profiler, result)
             result["coordination"] = await phase("coordination", run_coordination(args, tmp, redis))
+            if not args.no_replicas:
+                result["replicas"] = await phase("replicas", run_replicas(args, tmp, redis))
         finally:
             if redis is not None:
                 redis.stop()
@@ -341,6 +346,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=30.0,
         help="seconds to wait at most for the machine to be idle before starting",
     )
+    # The replica phase (tests/bench_replicas.py).
+    p.add_argument("--replica-channels", type=int, default=8, help="connections, replica phase")
+    p.add_argument("--no-replicas", action="store_true", help="skip the replica phase")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -364,10 +372,10 @@ def main(argv: list[str] | None = None) -> int:
         result = asyncio.run(bench(args))
     else:
         result = uvloop.run(bench(args))
-    print_table(result, rows(result))
+    print_table(result, rows(result) + replica_rows(result.get("replicas", {"skipped": "off"})))
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")
-    phases = ("echo", "put", "fanout", "coordination")
+    phases = ("echo", "put", "fanout", "coordination", "replicas")
     return 1 if any("error" in result.get(k, {}) for k in phases) else 0
 
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,11 +78,12 @@ class Subscribers:
 
 
 async def start_subscribers(
-    args: argparse.Namespace, address: str, conversation: str
+    args: argparse.Namespace, addresses: Sequence[str], conversation: str
 ) -> list[Subscribers]:
+    """Subscriber process i follows the server at addresses[i % len(addresses)]."""
     procs = [
-        Subscribers(address, conversation, n, min(n, args.fanout_channels))
-        for n in (
+        Subscribers(addresses[i % len(addresses)], conversation, n, min(n, args.fanout_channels))
+        for i, n in enumerate(
             args.subscribers // args.fanout_procs + (i < args.subscribers % args.fanout_procs)
             for i in range(args.fanout_procs)
         )
@@ -150,13 +152,19 @@ async def open_loop_writer(
 
 
 async def run_fanout(
-    args: argparse.Namespace, address: str, pids: dict[str, int], profiler: Profiler
+    args: argparse.Namespace,
+    address: str,
+    pids: dict[str, int],
+    profiler: Profiler,
+    *,
+    subscribe_to: Sequence[str] = (),
 ) -> dict[str, Any]:
+    """Writes through `address`; subscribers follow `subscribe_to` (default: `address`)."""
     channel = grpc.aio.insecure_channel(address)
     stub = pb_grpc.BlackboardStub(channel)
     conversation = f"bench-fanout-{uuid.uuid4().hex[:8]}"
     await stub.CreateConversation(pb.CreateConversationRequest(id=conversation))
-    procs = await start_subscribers(args, address, conversation)
+    procs = await start_subscribers(args, subscribe_to or [address], conversation)
     try:
         cpu = CpuMeter(
             {
