@@ -135,12 +135,13 @@ def _last_acknowledged(history: History, convs: list[str]) -> dict[str, int]:
 
 
 async def every(seconds: float, duration: float, action: Callable[[int], Awaitable[None]]) -> None:
-    """Calls `action(n)` every `seconds` for `duration` seconds."""
+    """Calls `action(n)` at `seconds`, twice `seconds`... from now, for `duration` seconds
+    (on schedule: a slow action does not push the next one back)."""
     loop = asyncio.get_running_loop()
-    end = loop.time() + duration
+    start = loop.time()
     n = 0
-    while loop.time() + seconds <= end:
-        await asyncio.sleep(seconds)
+    while (n + 1) * seconds <= duration:
+        await asyncio.sleep(max(0.0, start + (n + 1) * seconds - loop.time()))
         await action(n)
         n += 1
-    await asyncio.sleep(max(0.0, end - loop.time()))
+    await asyncio.sleep(max(0.0, start + duration - loop.time()))

@@ -34,19 +34,20 @@ async def test_killing_replicas_under_load_loses_nothing(
     replicas: list[ServerProcess], tmp_path: Path
 ) -> None:
     killed: list[str] = []
+    restarts: list[asyncio.Future[ServerProcess]] = []
 
     async def kill_one(n: int) -> None:
         victim = replicas[n % len(replicas)]
         victim.kill()
         killed.append(victim.address)
-        await asyncio.to_thread(victim.start)
+        # Back on its port as soon as it can start, while the load goes on.
+        restarts.append(asyncio.ensure_future(asyncio.to_thread(victim.start)))
 
-    outcome = await run_load(
-        [r.address for r in replicas],
-        tmp_path,
-        Load(),
-        lambda: every(KILL_EVERY_S, LOAD_S, kill_one),
-    )
+    async def kills() -> None:
+        await every(KILL_EVERY_S, LOAD_S, kill_one)
+        await asyncio.gather(*restarts)
+
+    outcome = await run_load([r.address for r in replicas], tmp_path, Load(), kills)
     rate = outcome.acknowledged / LOAD_S
     print(
         f"\nkilled {len(killed)} replicas; {outcome.acknowledged} writes acknowledged "
