@@ -15,9 +15,11 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from blackboard_client import Client, RetryPolicy, connect
 from tests.checker import History, Verdict, check_file
+from tests.checker.history import load
 from tests.checker.workload import Counts, Recorded, Subscriber, write_loop
 
 #: Enough to ride out a replica's death or drain: ~6 s of retries.
@@ -145,3 +147,9 @@ async def every(seconds: float, duration: float, action: Callable[[int], Awaitab
         await action(n)
         n += 1
     await asyncio.sleep(max(0.0, start + duration - loop.time()))
+
+
+def history(workdir: Path) -> list[dict[str, Any]]:
+    """The records of the run in `workdir`, as run_load wrote them."""
+    with (workdir / "history.jsonl").open() as lines:
+        return list(load(lines))

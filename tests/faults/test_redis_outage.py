@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -19,8 +18,7 @@ from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from blackboard_client import RetryPolicy
 from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings
-from tests.checker.history import load
-from tests.faults.load import Load, run_load
+from tests.faults.load import Load, history, run_load
 from tests.integration.test_api import details, put
 from tests.integration.test_stream import Recorder, wait_until
 from tests.servers import EtcdCluster, RedisServer, start_replicas
@@ -140,11 +138,11 @@ async def test_durable_redis_killed_under_load_loses_nothing_acknowledged(
     finally:
         for server in servers:
             server.stop()
-    ops = {r["op"]: r for r in load_history(tmp_path) if r["t"] == "invoke"}
-    unknown = [r for r in load_history(tmp_path) if r["t"] == "unknown"]
+    ops = {r["op"]: r for r in history(tmp_path) if r["t"] == "invoke"}
+    unknown = [r for r in history(tmp_path) if r["t"] == "unknown"]
     after = [
         r
-        for r in load_history(tmp_path)
+        for r in history(tmp_path)
         if r["t"] == "ok" and ops[r["op"]]["f"] != "get" and r["at"] > phases["up"]
     ]
     print(
@@ -157,8 +155,3 @@ async def test_durable_redis_killed_under_load_loses_nothing_acknowledged(
     assert all(r["at"] - ops[r["op"]]["at"] < deadline + 0.5 for r in unknown)
     assert after, "the service did not come back by itself"
     assert all(s.revision >= outcome.revisions[s.conv] > 0 for s in outcome.subscribers)
-
-
-def load_history(workdir: Path) -> list[dict[str, Any]]:
-    with (workdir / "history.jsonl").open() as lines:
-        return list(load(lines))

@@ -11,12 +11,14 @@ again on its port at once, so two of three serve while it comes back.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.faults.load import Load, every, run_load
+from tests.faults.load import Load, every, history, run_load
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -33,13 +35,13 @@ def replicas(make_replicas: Callable[..., list[ServerProcess]]) -> list[ServerPr
 async def test_killing_replicas_under_load_loses_nothing(
     replicas: list[ServerProcess], tmp_path: Path
 ) -> None:
-    killed: list[str] = []
+    killed: list[float] = []  # when, on the history's clock
     restarts: list[asyncio.Future[ServerProcess]] = []
 
     async def kill_one(n: int) -> None:
         victim = replicas[n % len(replicas)]
         victim.kill()
-        killed.append(victim.address)
+        killed.append(time.monotonic())
         # Back on its port as soon as it can start, while the load goes on.
         restarts.append(asyncio.ensure_future(asyncio.to_thread(victim.start)))
 
@@ -59,4 +61,8 @@ async def test_killing_replicas_under_load_loses_nothing(
     assert outcome.verdict.ok, outcome.verdict.summary()
     assert outcome.writes.unknown == 0, outcome.writes.errors
     assert all(s.revision >= outcome.revisions[s.conv] > 0 for s in outcome.subscribers)
-    assert rate >= 250, "the load was far below what was offered: the run proves little"
+    # The load went on through every kill: writes were acknowledged after each one.
+    # (Counted, not timed: a loaded machine lowers the rate, not the coverage.)
+    acked_at = sorted(r["at"] for r in history(tmp_path) if r["t"] == "ok")
+    for begin, end in itertools.pairwise([*killed, float("inf")]):
+        assert any(begin < at < end for at in acked_at), "no write acknowledged between kills"

@@ -73,3 +73,14 @@ def test_the_sync_client_fails_over_too(replicas: list[ServerProcess]) -> None:
         third = [client.put(conv, f"c{i}", "x").revision for i in range(10)]
         assert first + second + third == list(range(1, 31))
         assert len([e.key for e in client.iter_range(conv)]) == 30
+
+
+@pytest.mark.timeout(60)
+async def test_a_dns_name_is_a_target(replicas: list[ServerProcess]) -> None:
+    """gRPC resolves dns:/// names itself; localhost may also give ::1, where
+    nothing listens: round_robin uses the address that answers."""
+    conv = f"dns-{uuid.uuid4().hex[:8]}"
+    async with connect(f"dns:///localhost:{replicas[0].port}", retry=RETRY) as client:
+        await client.create_conversation(conv)
+        written = await client.put(conv, "k", "v")
+        assert (await client.get(conv, "k")).mod_revision == written.revision
