@@ -72,7 +72,7 @@ async def test_sigterm_under_load_fails_no_call_and_every_stream_resumes(
     )
     assert streams >= 10, "too few streams on the drained replica to show anything"
     assert exit_codes == [0]
-    assert took_s <= GRACE_S + 2
+    assert took_s <= GRACE_S + 5  # the grace, and room to exit
     assert outcome.writes.unknown == 0, outcome.writes.errors
     assert outcome.verdict.ok, outcome.verdict.summary()
     assert len(outcome.subscribers) == 200

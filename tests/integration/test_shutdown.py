@@ -96,7 +96,7 @@ async def test_sigterm_drains_in_order(replicas: list[ServerProcess]) -> None:
         assert granted.token > held.token and granted.session_id == waiter.session_id
         assert draining.proc is not None
         assert await asyncio.to_thread(draining.proc.wait, GRACE_S + 5) == 0
-        assert time.monotonic() - started < GRACE_S + 2
+        assert time.monotonic() - started < GRACE_S + 5  # the grace, and room to exit
 
         # Sessions are etcd leases: they outlive the replica they were used through.
         kept = await on_b.co.KeepAlive(
