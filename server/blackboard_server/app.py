@@ -110,7 +110,7 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
     ]
     if settings.max_connection_age_s:
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))
@@ -126,13 +126,16 @@ class HealthServer:
     port: int
 
 
-async def open_health_server(listen: str, servicer: health.aio.HealthServicer) -> HealthServer:
+async def open_health_server(
+    listen: str, servicer: health.aio.HealthServicer, *, reuse_port: bool = False
+) -> HealthServer:
     """A plaintext server with grpc.health.v1 alone, sharing the main server's statuses.
 
     Probes reach it without TLS or credentials; it answers nothing else. It stops
-    after the main server, so probes see NOT_SERVING for the whole drain.
+    after the main server, so probes see NOT_SERVING for the whole drain. Workers
+    (`--workers`) share its port as they share `listen`.
     """
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port(listen)
     await server.start()
@@ -265,7 +268,9 @@ async def serve(
             metrics_port = exporter.port
         health_port = 0
         if settings.health_listen:
-            health_server = await open_health_server(settings.health_listen, health_servicer)
+            health_server = await open_health_server(
+                settings.health_listen, health_servicer, reuse_port=settings.reuse_port
+            )
             stack.push_async_callback(health_server.server.stop, None)
             health_port = health_server.port
         await server.start()

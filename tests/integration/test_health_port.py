@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from pathlib import Path
 
 import grpc
 import pytest
@@ -12,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from tests.integration.conftest import ServerFactory
+from tests.servers import EtcdCluster, RedisServer, ServerProcess, free_port, wait_for
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -75,3 +78,44 @@ async def test_old_connections_are_sent_away(make_server: ServerFactory) -> None
                 await asyncio.sleep(0.05)
         reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert reply.status == SERVING
+
+
+@pytest.mark.timeout(90)
+def test_workers_share_the_health_port(
+    redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    """With --workers, every worker binds the health port (SO_REUSEPORT, like listen)."""
+    health_address = f"127.0.0.1:{free_port()}"
+    server = ServerProcess(
+        tmp_path,
+        "--workers",
+        "2",
+        "--health-listen",
+        health_address,
+        "--redis-url",
+        redis_server.url,
+        "--etcd-endpoints",
+        ",".join(etcd.endpoints),
+        "--etcd-prefix",
+        f"/bb-{uuid.uuid4().hex[:8]}",
+        "--shutdown-grace-s",
+        "3",
+    ).start()
+    log = tmp_path / "server.log"
+    try:
+
+        def serving_workers() -> list[dict[str, object]]:
+            lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+            return [x for x in lines if x.get("event") == "serving"]
+
+        wait_for(lambda: len(serving_workers()) == 2, 30, "two serving workers")
+        port = int(health_address.rpartition(":")[2])
+        assert [w["health_port"] for w in serving_workers()] == [port, port]
+        assert '"worker exited' not in log.read_text()
+        with grpc.insecure_channel(health_address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert reply.status == SERVING
+    finally:
+        server.stop()

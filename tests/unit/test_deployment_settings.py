@@ -53,6 +53,18 @@ def test_bad_values_are_refused_at_start(env: dict[str, str], message: str) -> N
         Settings.load([], env)
 
 
+def test_workers_need_a_fixed_health_port() -> None:
+    env = {
+        "BB_WORKERS": "2",
+        "BB_REDIS_URL": "redis://r:6379/0",
+        "BB_ETCD_ENDPOINTS": "e:2379",
+        "BB_LISTEN": "127.0.0.1:7000",
+    }
+    with pytest.raises(SettingsError, match="health_listen: several workers"):
+        Settings.load([], {**env, "BB_HEALTH_LISTEN": "127.0.0.1:0"})
+    assert Settings.load([], {**env, "BB_HEALTH_LISTEN": "127.0.0.1:7001"}).workers == 2
+
+
 def test_health_listen_is_read_from_flag_and_environment() -> None:
     assert Settings.load([], {"BB_HEALTH_LISTEN": "0.0.0.0:8081"}).health_listen == "0.0.0.0:8081"
     assert Settings.load(["--health-listen", "127.0.0.1:0"], {}).health_listen == "127.0.0.1:0"
