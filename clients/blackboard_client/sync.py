@@ -132,6 +132,9 @@ class SyncProxy:
         return self._on_loop(self._target.__getitem__, key)
 
     def __len__(self) -> int:
+        if not hasattr(self._target, "__len__"):
+            # list() asks for a length hint first: TypeError tells it there is none.
+            raise TypeError(f"{type(self._target).__name__} has no length")
         return int(self._on_loop(self._target.__len__))
 
     def __contains__(self, key: Any) -> bool:
