@@ -189,6 +189,8 @@ async def serve(
             tenant=settings.tenant,
             write_timeout_s=settings.subscriber_write_timeout_s,
             verified=verified,
+            limits=settings.limits,
+            metrics=metrics,
         )
         interceptors: list[grpc.aio.ServerInterceptor] = [
             ObservingInterceptor(metrics, tracing, tenant=settings.tenant, verified=verified)

@@ -28,7 +28,7 @@ import structlog
 
 from blackboard_server.api.auth import IDENTITY
 from blackboard_server.api.errors import REASON
-from blackboard_server.api.outcomes import Outcome, outcome_for
+from blackboard_server.api.outcomes import TALLY, Outcome, outcome_for
 from blackboard_server.metrics import Metrics
 from blackboard_server.tracing import Tracing, mark_error, trace_ids
 
@@ -223,6 +223,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         elif self._debug if m.quiet else self._info:
             fields = self._fields(m, request, context, span)
             line = self._log.debug if m.quiet else self._log.info
+            tally = TALLY.get()
+            if tally is not None:
+                fields.update(tally)
             line("rpc", code=code, reason=reason, ms=round(elapsed * 1000, 3), **fields)
 
     def _fields(self, m: _Method, request: Any, context: Context, span: Any) -> dict[str, Any]:
