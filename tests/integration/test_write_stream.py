@@ -21,8 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 import blackboard_client as bb
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
-from blackboard_server.app import RunningServer
+from blackboard_server.app import RunningServer, serve
+from blackboard_server.config import Settings
 from blackboard_server.domain.limits import Limits
+from tests.identities import TokenFile
 from tests.integration.conftest import ServerFactory, state_of
 from tests.servers import ServerProcess, free_port
 
@@ -317,3 +319,44 @@ async def test_a_stream_has_one_access_line_with_its_counts(tmp_path: Path) -> N
     line = writes[0]
     expected = {"code": "OK", "agent": "alice", "request_id": "w-1", "conversation": ""}
     assert line.items() >= {**expected, "messages": 2, "writes": 3, "failed": 1}.items()
+
+
+# --- authorization, write by write ---------------------------------------------------------
+
+
+async def test_each_write_is_authorized_for_its_own_conversation(
+    tmp_path: Path, backend: str
+) -> None:
+    """A writer on `c-a*` only: its writes there apply, those to `c-b` are refused one by
+    one (PERMISSION_DENIED) and change nothing, and the stream goes on."""
+    tokens = TokenFile(tmp_path / "tokens.json")
+    admin = tokens.add("acme", "boss", ["admin"])
+    scoped = tokens.add("acme", "scoped", ["c-a*:writer"])
+    settings = Settings(
+        listen="127.0.0.1:0",
+        uvloop=False,
+        redis_url=backend,
+        auth="tokens",
+        auth_tokens_file=str(tokens.path),
+    ).replace()
+    async with (
+        serve(settings) as running,
+        bb.connect(running.address, token=admin, retry=FAST) as boss,
+        bb.connect(running.address, token=scoped, retry=FAST) as client,
+    ):
+        suffix = uuid.uuid4().hex[:8]
+        mine, theirs = f"c-a-{suffix}", f"c-b-{suffix}"
+        for conv in (mine, theirs):
+            await boss.create_conversation(conv)
+        await boss.put(theirs, "k", "theirs")
+        before = await boss.range(theirs)
+        async with client.writer() as w:
+            denied = [w.put(theirs, "k", "mine"), w.delete(theirs, "k"), w.append(theirs, "log")]
+            allowed = [w.put(mine, f"k{i}", "x") for i in range(5)]
+            outcomes = await asyncio.gather(*denied, *allowed, return_exceptions=True)
+            assert all(isinstance(o, bb.RoleRequired) for o in outcomes[:3]), outcomes[:3]
+            results = [o for o in outcomes[3:] if isinstance(o, bb.WriteResult)]
+            assert sorted(r.revision for r in results) == [1, 2, 3, 4, 5]
+            assert (await w.put(mine, "after", "x")).revision == 6
+        after = await boss.range(theirs)
+        assert (after.revision, after.entries) == (before.revision, before.entries)
