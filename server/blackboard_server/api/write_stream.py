@@ -82,6 +82,8 @@ class WriteStream:
                     self._limits.max_stream_message_writes,
                 )
                 outcomes = [self._failed(w.sequence, error) for w in message.writes]
+            elif len(message.writes) == 1:
+                outcomes = [await self._write(message.writes[0])]  # no task for a lone write
             else:
                 outcomes = await asyncio.gather(*(self._write(w) for w in message.writes))
             self.tally["messages"] += 1
