@@ -260,6 +260,7 @@ async def serve(
             for name in HEALTH_SERVICES:
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             hub.close()
+            servicer.close()
             await server.stop(settings.shutdown_grace_s)
             for chore in chores:
                 chore.cancel()

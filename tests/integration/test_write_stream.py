@@ -30,6 +30,7 @@ from tests.servers import ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
 FAST = bb.RetryPolicy(attempts=30, initial_backoff=0.05, max_backoff=0.3)
+PER_WRITER = 200
 
 
 def put(conv: str, key: str, data: bytes = b"v", **fields: Any) -> pb.StreamedWrite:
@@ -248,6 +249,48 @@ async def test_the_writer_rides_out_a_server_restart(tmp_path: Path, redis_serve
                 await w.aclose()
                 restarted.stop()
     assert sorted(r.revision for r in results) == list(range(2, 22))
+
+
+async def test_writes_in_flight_at_a_graceful_stop_are_applied_once(
+    tmp_path: Path, redis_server: Any
+) -> None:
+    """Writers keep writing while the server stops (it answers what it holds, then ends
+    the stream UNAVAILABLE) and a new one starts on the same port: every write is
+    acknowledged, and the head revision shows none was applied twice."""
+    port = free_port()
+    args = ("--redis-url", redis_server.url, "--shutdown-grace-s", "5")
+    first = ServerProcess(tmp_path / "a", *args)
+    first.port = port
+    first.start()
+    conv = f"t-{uuid.uuid4().hex[:12]}"
+    second = ServerProcess(tmp_path / "b", *args)
+    second.port = port
+    async with bb.connect(f"127.0.0.1:{port}", retry=FAST, timeout=60) as client:
+        await client.create_conversation(conv)
+        async with client.writer() as w:
+            acknowledged: list[int] = []
+
+            async def writer(n: int) -> None:
+                for i in range(PER_WRITER):
+                    acknowledged.append((await w.put(conv, f"w{n}-{i}", "x")).revision)
+
+            writing = asyncio.gather(*(writer(n) for n in range(16)))
+            async with asyncio.timeout(30):
+                while len(acknowledged) < 100:  # well under way, far from done
+                    await asyncio.sleep(0.01)
+            await asyncio.to_thread(first.stop)
+            await asyncio.to_thread(second.start)
+            try:
+                await writing
+            finally:
+                await w.aclose()
+        head = await client.range(conv, page_size=1)
+    second.stop()
+    assert sorted(acknowledged) == list(range(1, 16 * PER_WRITER + 1))
+    assert head.revision == 16 * PER_WRITER
+    lines = [json.loads(x) for x in (first.workdir / "server.log").read_text().splitlines()]
+    ended = [x for x in lines if x.get("event") == "rpc" and x.get("rpc") == "Blackboard/Write"]
+    assert [(x["code"], x["reason"]) for x in ended] == [("UNAVAILABLE", "SHUTTING_DOWN")]
 
 
 # --- metrics and the access line -----------------------------------------------------------

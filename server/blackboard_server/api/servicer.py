@@ -57,6 +57,7 @@ class BlackboardServicer:
         metrics: Metrics | None = None,
     ) -> None:
         self._limits = limits or Limits()
+        self._closing = asyncio.Event()
         self._outcomes = streamed_write_outcomes(metrics or Metrics())
         self._bb = blackboard
         self._subs = subscriptions
@@ -186,10 +187,15 @@ class BlackboardServicer:
         )
         return convert.txn_result(result)
 
+    @unary
     async def Write(self, requests: AsyncIterator[pb.WriteStreamRequest], c: Context) -> None:
         access = self._access if self._verified else None
         stream = WriteStream(self._bb, access, self._caller(c), self._limits, self._outcomes, c)
-        await stream.serve(requests)
+        await stream.serve(requests, self._closing)
+
+    def close(self) -> None:
+        """At shutdown: Write streams answer what they hold and end, resumable."""
+        self._closing.set()
 
     @unary
     async def Subscribe(self, r: pb.SubscribeRequest, c: Context) -> None:

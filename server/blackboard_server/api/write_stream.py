@@ -28,7 +28,12 @@ from blackboard_server.api.auth import IDENTITY
 from blackboard_server.api.errors import status_message
 from blackboard_server.api.outcomes import TALLY, Outcome
 from blackboard_server.domain.auth import REQUIREMENTS
-from blackboard_server.domain.errors import BlackboardError, InvalidArgument, LimitExceeded
+from blackboard_server.domain.errors import (
+    BlackboardError,
+    InvalidArgument,
+    LimitExceeded,
+    ShuttingDown,
+)
 from blackboard_server.domain.limits import Limits
 from blackboard_server.services.access import Access
 from blackboard_server.services.blackboard import BlackboardService, Caller
@@ -64,14 +69,30 @@ class WriteStream:
         self._slots = asyncio.Semaphore(limits.max_stream_in_flight)
         self.tally = {"messages": 0, "writes": 0, "failed": 0}
 
-    async def serve(self, requests: AsyncIterator[pb.WriteStreamRequest]) -> None:
+    async def serve(
+        self, requests: AsyncIterator[pb.WriteStreamRequest], closing: asyncio.Event
+    ) -> None:
+        """Until the client closes its side. When the server shuts down (`closing`), it
+        stops reading, answers the writes in flight, and ends the stream with
+        UNAVAILABLE `SHUTTING_DOWN`: the client sends whatever it has not had an
+        answer for again, elsewhere or later."""
         TALLY.set(self.tally)
         async with asyncio.TaskGroup() as group:
-            async for message in requests:
-                count = min(len(message.writes), self._limits.max_stream_message_writes)
-                for _ in range(count):
-                    await self._slots.acquire()
-                group.create_task(self._answer(message, count))
+            reading = group.create_task(self._read(requests, group))
+            stopping = group.create_task(closing.wait())
+            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+            (stopping if reading.done() else reading).cancel()
+        if reading.cancelled():
+            raise ShuttingDown()
+
+    async def _read(
+        self, requests: AsyncIterator[pb.WriteStreamRequest], group: asyncio.TaskGroup
+    ) -> None:
+        async for message in requests:
+            count = min(len(message.writes), self._limits.max_stream_message_writes)
+            for _ in range(count):
+                await self._slots.acquire()
+            group.create_task(self._answer(message, count))
 
     async def _answer(self, message: pb.WriteStreamRequest, slots: int) -> None:
         try:
