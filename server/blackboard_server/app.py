@@ -28,12 +28,13 @@ from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.observe import ObservingInterceptor
 from blackboard_server.api.servicer import BlackboardServicer
-from blackboard_server.config import Settings
+from blackboard_server.config import Settings, SettingsError
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
 from blackboard_server.services.blackboard import BlackboardService
 from blackboard_server.services.coordination import CoordinationService, record_observations
 from blackboard_server.services.hub import Hub
+from blackboard_server.services.quotas import Admission, QuotaBook, QuotaFileError
 from blackboard_server.services.subscription import StreamLimits, Subscriptions
 from blackboard_server.services.sweeper import sweep_forever
 from blackboard_server.tracing import open_tracing
@@ -100,6 +101,13 @@ async def open_store(settings: Settings) -> StateStore:
     )
 
 
+def open_quotas(settings: Settings) -> QuotaBook:
+    try:
+        return QuotaBook(settings.quota, settings.quotas_file)
+    except QuotaFileError as exc:
+        raise SettingsError(f"quotas_file: {exc}") from None
+
+
 @asynccontextmanager
 async def serve(
     settings: Settings, *, span_exporter: SpanExporter | None = None
@@ -123,6 +131,8 @@ async def serve(
         )
         stack.push_async_callback(store.aclose)
         clock = SystemClock()
+        quotas = open_quotas(settings)
+        admission = Admission(quotas)
         hub = Hub(
             store,
             convert.encode_event,
@@ -146,6 +156,7 @@ async def serve(
             settings.limits,
             patch_retries=settings.patch_retries,
             sessions=coordinator,
+            quotas=quotas,
         )
         coordination = CoordinationService(
             coordinator,
@@ -155,6 +166,7 @@ async def serve(
             default_ttl_ms=settings.session_ttl_ms,
             max_ttl_ms=settings.max_session_ttl_ms,
             max_wait_ms=settings.max_wait_ms,
+            quotas=quotas,
         )
         stream = StreamLimits(
             settings.subscriber_max_lag,
@@ -178,6 +190,7 @@ async def serve(
             subscriptions,
             tenant=settings.tenant,
             write_timeout_s=settings.subscriber_write_timeout_s,
+            admission=admission,
         )
 
         server = grpc.aio.server(
@@ -192,7 +205,8 @@ async def serve(
             [
                 generic_handler(BLACKBOARD, servicer),
                 generic_handler(
-                    COORDINATION, CoordinationServicer(coordination, tenant=settings.tenant)
+                    COORDINATION,
+                    CoordinationServicer(coordination, tenant=settings.tenant, admission=admission),
                 ),
             ]
         )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from blackboard_server.domain.limits import Limits
+from blackboard_server.domain.quota import Quota
 
 ENV_PREFIX = "BB_"
 
@@ -65,6 +66,17 @@ class Settings:
     snapshot_chunk: int = 500  # entries per snapshot message
     progress_interval_s: float = 5.0
     feed_buffer: int = 4096  # recent events each conversation keeps in memory for fan-out
+    # Tenant quotas (docs/quotas.md): defaults for every tenant, 0 is unlimited;
+    # quotas_file (TOML) overrides them per tenant and is reloaded when it changes.
+    quota_conversations: int = 0
+    quota_entries_per_conversation: int = 0
+    quota_bytes: int = 0  # keys + values of the live entries of all the tenant's conversations
+    quota_subscribers_per_conversation: int = 0  # open streams, counted per replica
+    quota_subscribers: int = 0  # open streams of the tenant, counted per replica
+    quota_sessions: int = 0  # live sessions of the tenant, counted in the coordinator
+    quota_requests_per_second: float = 0.0  # token bucket per tenant, per replica
+    quota_burst: int = 0  # bucket size; 0: one second's worth
+    quotas_file: str = ""
     # Background work.
     sweep_interval_s: float = 0.2
     shutdown_grace_s: float = 10.0
@@ -86,6 +98,19 @@ class Settings:
             max_txn_ops=self.max_txn_ops,
             max_page_size=self.max_page_size,
             default_page_size=self.default_page_size,
+        )
+
+    @property
+    def quota(self) -> Quota:
+        return Quota(
+            conversations=self.quota_conversations,
+            entries_per_conversation=self.quota_entries_per_conversation,
+            bytes=self.quota_bytes,
+            subscribers_per_conversation=self.quota_subscribers_per_conversation,
+            subscribers=self.quota_subscribers,
+            sessions=self.quota_sessions,
+            requests_per_second=self.quota_requests_per_second,
+            burst=self.quota_burst,
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -156,11 +181,20 @@ def validated(settings: Settings) -> Settings:
             raise SettingsError(f"{name}: must be a positive number of seconds")
     if not 0 <= int(port) <= 65535:
         raise SettingsError(f"listen: port {port} is out of range")
+    _check_quotas(settings)
     if settings.default_page_size > settings.max_page_size:
         raise SettingsError("default_page_size: must not exceed max_page_size")
     if settings.max_request_bytes < settings.max_value_bytes + 64 * 1024:
         raise SettingsError("max_request_bytes: must leave room for a value of max_value_bytes")
     return settings
+
+
+def _check_quotas(settings: Settings) -> None:
+    for f in fields(Settings):
+        if f.name.startswith("quota_"):
+            value = getattr(settings, f.name)
+            if not 0 <= value < float("inf"):
+                raise SettingsError(f"{f.name}: must be 0 (unlimited) or a positive number")
 
 
 def _is_loopback(host: str) -> bool:

@@ -53,6 +53,8 @@ SAMPLES: list[e.BlackboardError] = [
     e.NotJson("doc"),
     e.RetriesExhausted("patch lost 32 races"),
     e.LimitExceeded("max_value_bytes", 2000, 1000),
+    e.QuotaExceeded("bytes", 1_000_000, 1_000_042),
+    e.RateLimited(20.0, 40, 50),
     e.SlowSubscriber(41, 10_001),
     e.RevisionCompacted(3, 10),
     e.BackendUnavailable("redis", "connection refused"),

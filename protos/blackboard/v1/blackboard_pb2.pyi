@@ -66,6 +66,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: nobody holds the lock or leads the role"""
     WAIT_EXPIRED: _ErrorReason.ValueType  # 19
     """DEADLINE_EXCEEDED: the lock or campaign wait ran out"""
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 20
+    """RESOURCE_EXHAUSTED: a tenant quota; metadata has quota, limit, value"""
+    RATE_LIMITED: _ErrorReason.ValueType  # 21
+    """RESOURCE_EXHAUSTED: the tenant's request rate; metadata has quota, limit, burst, retry_after_ms"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """---------------------------------------------------------------------------
@@ -114,6 +118,10 @@ NO_HOLDER: ErrorReason.ValueType  # 18
 """NOT_FOUND: nobody holds the lock or leads the role"""
 WAIT_EXPIRED: ErrorReason.ValueType  # 19
 """DEADLINE_EXCEEDED: the lock or campaign wait ran out"""
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 20
+"""RESOURCE_EXHAUSTED: a tenant quota; metadata has quota, limit, value"""
+RATE_LIMITED: ErrorReason.ValueType  # 21
+"""RESOURCE_EXHAUSTED: the tenant's request rate; metadata has quota, limit, burst, retry_after_ms"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

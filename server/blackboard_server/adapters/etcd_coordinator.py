@@ -61,6 +61,7 @@ from blackboard_server.domain.errors import (
     WaitExpired,
 )
 from blackboard_server.domain.model import ConversationRef, FenceKind, WriteBatch
+from blackboard_server.domain.quota import check_count
 
 _AGENTS_CACHED = 4096
 
@@ -124,12 +125,25 @@ class EtcdCoordinator:
 
     # --- sessions ------------------------------------------------------------------------
 
-    async def open_session(self, ref: ConversationRef, agent_id: str, ttl_ms: int) -> SessionInfo:
+    async def open_session(
+        self, ref: ConversationRef, agent_id: str, ttl_ms: int, *, max_sessions: int = 0
+    ) -> SessionInfo:
+        tenant_sessions = self._keys.tenant_sessions(ref.tenant)
         async with self._bounded():
+            if max_sessions:
+                live = await self._etcd.range(tenant_sessions, count_only=True)
+                check_count("sessions", max_sessions, live.count)
             lease = await self._etcd.grant(max(1, math.ceil(ttl_ms / 1000)))
             info = SessionInfo(ref, session_id_of(lease.id), agent_id, lease.ttl * 1000)
             session = self._keys.session(ref, info.session_id)
-            await self._etcd.put(session, encode_session(agent_id, info.ttl_ms), lease=lease.id)
+            # The tenant's index of sessions, on the same lease: counted by the quota.
+            await self._etcd.txn(
+                (),
+                (
+                    Op.put(session, encode_session(agent_id, info.ttl_ms), lease=lease.id),
+                    Op.put(tenant_sessions + info.session_id.encode(), b"", lease=lease.id),
+                ),
+            )
         self._remember(info)
         return info
 

@@ -92,13 +92,14 @@ class Keys:
     meta: str
     channel: bytes
     all: tuple[str, ...]  # the commit and conversation scripts' keys
+    usage: str  # the tenant's conversations and bytes (domain/quota.py)
 
     @classmethod
     def of(cls, prefix: str, ref: ConversationRef) -> Keys:
         tag = f"{ref.tenant}/{ref.id}"
         base = f"{prefix}:{{{tag}}}"
         every = tuple(f"{base}:{s}" for s in ("m", "d", "k", "l", "i", "j", "x", "f", "b", "e"))
-        return cls(tag, f"{base}:m", f"{base}:n".encode(), every)
+        return cls(tag, f"{base}:m", f"{base}:n".encode(), every, usage_key(prefix, ref.tenant))
 
     @staticmethod
     def ref_of(tag: bytes | str) -> ConversationRef:
@@ -107,6 +108,10 @@ class Keys:
 
     def named(self, *suffixes: str) -> list[str]:
         return [self.meta[:-1] + s for s in suffixes]
+
+
+def usage_key(prefix: str, tenant: str) -> str:
+    return f"{prefix}:usage:{{{tenant}}}"
 
 
 def pack_batch(batch: WriteBatch) -> bytes:

@@ -36,6 +36,7 @@ TABLE: tuple[tuple[type[e.BlackboardError], grpc.StatusCode], ...] = (
     (e.NotJson, grpc.StatusCode.FAILED_PRECONDITION),
     (e.RetriesExhausted, grpc.StatusCode.ABORTED),
     (e.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.SlowSubscriber, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.RevisionCompacted, grpc.StatusCode.OUT_OF_RANGE),
     (e.SessionNotFound, grpc.StatusCode.NOT_FOUND),

@@ -12,7 +12,9 @@ from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_server.api import convert
 from blackboard_server.api.errors import unary
 from blackboard_server.domain.errors import SlowSubscriber
+from blackboard_server.domain.quota import Quota
 from blackboard_server.services.blackboard import BlackboardService, Caller
+from blackboard_server.services.quotas import Admission, QuotaBook
 from blackboard_server.services.subscription import SubscribeOptions, Subscriptions, resume_point
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -35,14 +37,19 @@ class BlackboardServicer:
         *,
         tenant: str,
         write_timeout_s: float,
+        admission: Admission | None = None,
     ) -> None:
+        self._admission = admission or Admission(QuotaBook(Quota()))
         self._bb = blackboard
         self._subs = subscriptions
         self._tenant = tenant
         self._write_timeout = write_timeout_s
 
     def _caller(self, context: Context) -> Caller:
-        return caller(context, self._tenant)
+        """The caller, once its tenant's request rate lets the call in."""
+        who = caller(context, self._tenant)
+        self._admission.admit(who.tenant)
+        return who
 
     @unary
     async def CreateConversation(self, r: pb.CreateConversationRequest, c: Context) -> Any:
@@ -170,18 +177,20 @@ class BlackboardServicer:
     async def Subscribe(self, r: pb.SubscribeRequest, c: Context) -> None:
         options = SubscribeOptions(r.prefix, r.start_revision, r.no_reset, r.with_previous)
         resume = r.start_revision - 1
-        async for item in self._subs.stream(self._caller(c), r.conversation_id, options):
-            try:
-                # A reader that stops reading would otherwise hold this write forever.
-                async with asyncio.timeout(self._write_timeout):
-                    await c.write(convert.stream_item(item, with_previous=r.with_previous))
-            except TimeoutError:
-                raise SlowSubscriber(max(resume, 0), 0) from None
-            except Exception:
-                if c.cancelled():
-                    return  # the client went away mid-write
-                raise
-            resume = resume_point(item, resume)
+        who = self._caller(c)
+        with self._admission.subscriber(who.tenant, r.conversation_id):
+            async for item in self._subs.stream(who, r.conversation_id, options):
+                try:
+                    # A reader that stops reading would otherwise hold this write forever.
+                    async with asyncio.timeout(self._write_timeout):
+                        await c.write(convert.stream_item(item, with_previous=r.with_previous))
+                except TimeoutError:
+                    raise SlowSubscriber(max(resume, 0), 0) from None
+                except Exception:
+                    if c.cancelled():
+                        return  # the client went away mid-write
+                    raise
+                resume = resume_point(item, resume)
 
 
 def _new_id() -> str:
