@@ -42,6 +42,8 @@ from blackboard_server.tracing import open_tracing
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from blackboard_server.adapters.etcd import EtcdSecurity
+
 log = structlog.get_logger("blackboard")
 HEALTH_SERVICES = ("", BLACKBOARD.full_name, COORDINATION.full_name)
 
@@ -75,14 +77,55 @@ async def open_coordinator(settings: Settings) -> Coordinator:
                 "process only; run one replica, or set --etcd-endpoints"
             )
         return MemoryCoordinator()
+    from blackboard_server.adapters.etcd import EtcdAuthFailed
     from blackboard_server.adapters.etcd_coordinator import EtcdCoordinator
 
-    return await EtcdCoordinator.connect(
-        settings.etcd,
-        timeout_s=settings.etcd_timeout_s,
-        prefix=settings.etcd_prefix,
-        replica_id=settings.replica_id or None,
-        shards=settings.coordination_shards,
+    try:
+        coordinator = await EtcdCoordinator.connect(
+            settings.etcd,
+            timeout_s=settings.etcd_timeout_s,
+            prefix=settings.etcd_prefix,
+            replica_id=settings.replica_id or None,
+            shards=settings.coordination_shards,
+            security=etcd_security(settings),
+        )
+    except ValueError as exc:
+        raise SettingsError(f"etcd_endpoints: {exc}") from None
+    try:
+        await coordinator.check_access()
+    except EtcdAuthFailed as exc:
+        await coordinator.aclose()
+        user = f"user {settings.etcd_username!r}" if settings.etcd_username else "no etcd user"
+        raise SettingsError(f"etcd refused the server ({user}): {exc}") from None
+    return coordinator
+
+
+def etcd_security(settings: Settings) -> EtcdSecurity:
+    """The etcd credentials of the settings, with the files read now."""
+    from blackboard_server.adapters.etcd import EtcdSecurity
+
+    def read(name: str) -> bytes | None:
+        path = getattr(settings, name)
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+    password = settings.etcd_password
+    if settings.etcd_password_file:
+        raw = read("etcd_password_file") or b""
+        password = raw.decode().removesuffix("\n").removesuffix("\r")
+    tls = any((settings.etcd_tls_ca_file, settings.etcd_tls_cert_file))
+    return EtcdSecurity(
+        username=settings.etcd_username,
+        password=password,
+        tls=tls,
+        ca_pem=read("etcd_tls_ca_file"),
+        cert_pem=read("etcd_tls_cert_file"),
+        key_pem=read("etcd_tls_key_file"),
     )
 
 
@@ -133,6 +176,15 @@ async def serve(
         clock = SystemClock()
         quotas = open_quotas(settings)
         admission = Admission(quotas)
+        # Before any task group: a backend refusing the credentials is a SettingsError
+        # of its own, not one inside an exception group.
+        coordinator: Coordinator = InstrumentedCoordinator(
+            await open_coordinator(settings),
+            "etcd" if settings.etcd else "memory-coordinator",
+            metrics,
+            tracing,
+        )
+        stack.push_async_callback(coordinator.aclose)
         hub = Hub(
             store,
             convert.encode_event,
@@ -142,13 +194,6 @@ async def serve(
             coalesce_s=settings.subscriber_coalesce_ms / 1000,
         )
         await stack.enter_async_context(hub.running())
-        coordinator: Coordinator = InstrumentedCoordinator(
-            await open_coordinator(settings),
-            "etcd" if settings.etcd else "memory-coordinator",
-            metrics,
-            tracing,
-        )
-        stack.push_async_callback(coordinator.aclose)
         await stack.enter_async_context(coordinator.running())
         blackboard = BlackboardService(
             store,

@@ -32,6 +32,13 @@ class Settings:
     etcd_endpoints: str = ""  # comma-separated host:port; empty: coordination in memory
     etcd_timeout_s: float = 5.0
     etcd_prefix: str = "/bb"  # every key the server writes in etcd starts with this
+    # etcd credentials (docs/backends.md): a user, and TLS with an optional client certificate.
+    etcd_username: str = ""
+    etcd_password: str = dataclasses.field(default="", repr=False)  # prefer etcd_password_file
+    etcd_password_file: str = ""  # the password is the file's content, without a final newline
+    etcd_tls_ca_file: str = ""  # setting any etcd_tls_* turns TLS on for every etcd endpoint
+    etcd_tls_cert_file: str = ""
+    etcd_tls_key_file: str = ""
     replica_id: str = ""  # empty: a random one
     coordination_shards: int = 8  # background work is split in this many etcd elections
     session_ttl_ms: int = 10_000  # a session's TTL when the client names none
@@ -182,11 +189,22 @@ def validated(settings: Settings) -> Settings:
     if not 0 <= int(port) <= 65535:
         raise SettingsError(f"listen: port {port} is out of range")
     _check_quotas(settings)
+    _check_etcd_credentials(settings)
     if settings.default_page_size > settings.max_page_size:
         raise SettingsError("default_page_size: must not exceed max_page_size")
     if settings.max_request_bytes < settings.max_value_bytes + 64 * 1024:
         raise SettingsError("max_request_bytes: must leave room for a value of max_value_bytes")
     return settings
+
+
+def _check_etcd_credentials(settings: Settings) -> None:
+    if settings.etcd_password and settings.etcd_password_file:
+        raise SettingsError("etcd_password, etcd_password_file: set one, not both")
+    has_password = bool(settings.etcd_password or settings.etcd_password_file)
+    if has_password != bool(settings.etcd_username):
+        raise SettingsError("etcd_username and a password (etcd_password_file) go together")
+    if bool(settings.etcd_tls_cert_file) != bool(settings.etcd_tls_key_file):
+        raise SettingsError("etcd_tls_cert_file and etcd_tls_key_file go together")
 
 
 def _check_quotas(settings: Settings) -> None:

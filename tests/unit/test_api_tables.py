@@ -216,9 +216,12 @@ def test_generic_handler_serves_every_rpc_of_the_descriptor() -> None:
         assert handler.response_streaming is method.server_streaming
         assert not handler.request_streaming
         behaviour = handler.unary_stream if method.server_streaming else handler.unary_unary
-        assert behaviour == getattr(servicer, method.name)
+        assert behaviour.__wrapped__ == getattr(servicer, method.name)  # type: ignore[union-attr]
         request = handler.request_deserializer(b"")
         assert request.DESCRIPTOR is method.input_type
+        # Bytes that do not parse reach the handler as Malformed (INVALID_ARGUMENT), not
+        # as a deserializer exception (which grpc would answer with UNKNOWN).
+        assert isinstance(handler.request_deserializer(b"\xff\xff"), handlers.Malformed)
         assert handler.response_serializer(b"\x08\x01") == b"\x08\x01"
         assert handler.response_serializer(pb.Progress(revision=1)) == b"\x08\x01"
     unknown = SimpleNamespace(method="/blackboard.v1.Blackboard/Nope")

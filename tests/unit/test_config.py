@@ -176,6 +176,26 @@ def test_replace_validates_and_settings_are_frozen() -> None:
         s.retention = 1  # type: ignore[misc]
 
 
+def test_etcd_credentials_are_checked_together() -> None:
+    with pytest.raises(SettingsError, match="set one, not both"):
+        Settings().replace(etcd_username="u", etcd_password="p", etcd_password_file="f")
+    with pytest.raises(SettingsError, match="go together"):
+        Settings().replace(etcd_username="u")
+    with pytest.raises(SettingsError, match="go together"):
+        Settings().replace(etcd_password="p")
+    with pytest.raises(SettingsError, match="go together"):
+        Settings().replace(etcd_tls_cert_file="c.pem")
+    assert "hunter2" not in repr(Settings().replace(etcd_username="u", etcd_password="hunter2"))
+
+
+def test_quotas_must_not_be_negative() -> None:
+    for name in ("quota_bytes", "quota_requests_per_second", "quota_burst"):
+        with pytest.raises(SettingsError, match=name):
+            Settings().replace(**{name: -1})
+    with pytest.raises(SettingsError, match="quota_requests_per_second"):
+        Settings().replace(quota_requests_per_second=float("inf"))
+
+
 def test_every_field_has_a_flag_and_a_variable() -> None:
     # A value that passes validation for each field, spelled as a string.
     samples = {"bool": "false", "int": "77", "float": "0.5", "str": "info-x"}
@@ -189,9 +209,19 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "max_request_bytes": str(8 << 20),
         "max_session_ttl_ms": str(600_000),  # must stay above session_ttl_ms's default
     }
+    # Fields valid only with another one set.
+    companions = {
+        "etcd_username": {"etcd_password": "pw"},
+        "etcd_password": {"etcd_username": "u"},
+        "etcd_password_file": {"etcd_username": "u"},
+        "etcd_tls_cert_file": {"etcd_tls_key_file": "k.pem"},
+        "etcd_tls_key_file": {"etcd_tls_cert_file": "c.pem"},
+    }
     defaults = Settings()
     for f in dataclasses.fields(Settings):
         raw = special.get(f.name, samples[str(f.type)])
-        from_env = Settings.load([], {"BB_" + f.name.upper(): raw})
-        from_flag = Settings.load(["--" + f.name.replace("_", "-"), raw], {})
+        extra = companions.get(f.name, {})
+        env = {"BB_" + name.upper(): value for name, value in extra.items()}
+        from_env = Settings.load([], {**env, "BB_" + f.name.upper(): raw})
+        from_flag = Settings.load(["--" + f.name.replace("_", "-"), raw], env)
         assert getattr(from_env, f.name) == getattr(from_flag, f.name) != getattr(defaults, f.name)

@@ -32,10 +32,14 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 
+import structlog
+
 from blackboard_server.adapters.etcd import (
+    EtcdAuthFailed,
     EtcdClient,
     EtcdError,
     EtcdLeaseNotFound,
+    EtcdSecurity,
     Op,
     RangeResult,
     Watcher,
@@ -63,7 +67,11 @@ from blackboard_server.domain.errors import (
 from blackboard_server.domain.model import ConversationRef, FenceKind, WriteBatch
 from blackboard_server.domain.quota import check_count
 
+log = structlog.get_logger("blackboard.etcd")
 _AGENTS_CACHED = 4096
+# How grpc reports a TLS connection that failed (a CA that does not match, a
+# client certificate etcd wants and did not get): a refusal, not an outage.
+_TLS_FAILURES = ("handshake", "ssl", "tsi_", "certificate")
 
 
 class EtcdCoordinator:
@@ -85,11 +93,13 @@ class EtcdCoordinator:
         replica_id: str | None = None,
         shards: int = 8,
         replica_ttl_s: int = 5,
+        security: EtcdSecurity | None = None,
     ) -> EtcdCoordinator:
-        """No I/O yet: etcd may come up after the server does."""
+        """No I/O yet: etcd may come up after the server does (see check_access)."""
         if shards < 1 or replica_ttl_s < 1:
             raise ValueError("shards and replica_ttl_s must be at least 1")
-        etcd = await EtcdClient(endpoints, timeout_s=timeout_s).__aenter__()
+        client = EtcdClient(endpoints, timeout_s=timeout_s, security=security or EtcdSecurity())
+        etcd = await client.__aenter__()
         keys = Layout(prefix)
         replica = replica_id or f"{socket.gethostname()}-{secrets.token_hex(4)}"
         recorder = Recorder(etcd, keys, replica_id=replica, shards=shards, ttl_s=replica_ttl_s)
@@ -124,6 +134,18 @@ class EtcdCoordinator:
             raise BackendUnavailable("etcd", f"no answer within {limit:g}s") from error
 
     # --- sessions ------------------------------------------------------------------------
+
+    async def check_access(self) -> None:
+        """One read under the prefix: raises EtcdAuthFailed when etcd refuses the
+        credentials or the permission; an etcd out of reach is left for later."""
+        try:
+            await self._etcd.range(self._keys.root + "/", count_only=True)
+        except EtcdAuthFailed:
+            raise
+        except EtcdError as exc:
+            if any(sign in str(exc).lower() for sign in _TLS_FAILURES):
+                raise EtcdAuthFailed(f"TLS with etcd failed: {exc}") from exc
+            log.warning("etcd is not reachable yet; carrying on", error=str(exc))
 
     async def open_session(
         self, ref: ConversationRef, agent_id: str, ttl_ms: int, *, max_sessions: int = 0

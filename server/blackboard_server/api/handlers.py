@@ -3,6 +3,7 @@ is served and a missing servicer method fails at start, not at call time."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +48,7 @@ def _parser(request: type[Message]) -> Callable[[bytes], Message | Malformed]:
 
 
 def _checked(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    @functools.wraps(behaviour)
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if isinstance(request, Malformed):
             await abort(context, InvalidArgument("request", "is not a valid request message"))
