@@ -8,6 +8,7 @@ The SDK inverts this table by reason.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -89,7 +90,17 @@ def _code_number(code: grpc.StatusCode) -> int:
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: e.BlackboardError) -> None:
     REASON.set(error.reason)
     status = to_status(error)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    try:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        # grpc cannot send a status on a call whose client already went away (its
+        # deadline passed, it cancelled); the context may not know yet. The call
+        # ends as cancelled, not as a bug.
+        if context.cancelled() or type(exc).__name__ == "ExecuteBatchError":
+            raise asyncio.CancelledError from None
+        raise
 
 
 H = TypeVar("H")
