@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -157,7 +157,7 @@ class SyncClient(SyncProxy):
         return False
 
 
-def connect(target: str, **options: Any) -> SyncClient:
+def connect(target: str | Sequence[str], **options: Any) -> SyncClient:
     """Like `blackboard_client.connect`, for code without an event loop."""
     loop = _LoopThread()
 

@@ -25,31 +25,31 @@ async def _run(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        settings = Settings.load(sys.argv[1:] if argv is None else argv, os.environ)
+        settings = Settings.load(argv, os.environ)
     except SettingsError as error:
         print(f"blackboard-server: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from blackboard_server.workers import supervise
+
+        return supervise(argv, settings)
     try:
-        _start(settings)
-    except SettingsError as error:
-        # Found at start (a quotas file, a backend refusing the credentials): no traceback.
+        if settings.uvloop:
+            try:
+                import uvloop
+            except ImportError:
+                pass
+            else:
+                uvloop.run(_run(settings))
+                return 0
+        asyncio.run(_run(settings))
+    except SettingsError as error:  # a file a setting names is missing or malformed
         print(f"blackboard-server: {error}", file=sys.stderr)
         return 2
     return 0
-
-
-def _start(settings: Settings) -> None:
-    if settings.uvloop:
-        try:
-            import uvloop
-        except ImportError:
-            pass
-        else:
-            uvloop.run(_run(settings))
-            return
-    asyncio.run(_run(settings))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from blackboard_server.adapters.instrumented import InstrumentedCoordinator, Ins
 from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
 from blackboard_server.api import convert
+from blackboard_server.api.auth import AuthInterceptor
 from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.observe import ObservingInterceptor
@@ -31,7 +32,10 @@ from blackboard_server.api.servicer import BlackboardServicer
 from blackboard_server.config import Settings, SettingsError
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
+from blackboard_server.security import add_port, authenticators, open_access, server_tls
+from blackboard_server.services.access import Access
 from blackboard_server.services.blackboard import BlackboardService
+from blackboard_server.services.census import count_forever
 from blackboard_server.services.coordination import CoordinationService, record_observations
 from blackboard_server.services.hub import Hub
 from blackboard_server.services.quotas import Admission, QuotaBook, QuotaFileError
@@ -163,12 +167,15 @@ async def serve(
         )
     else:
         log.info("starting", listen=settings.listen, store="redis")
+    # Files first: a bad key or token file stops the start before anything connects.
+    methods, tls = authenticators(settings), server_tls(settings)
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         metrics.changelog_retention.set(settings.retention)
         tracing = open_tracing(settings.tracing, settings.otlp_endpoint, span_exporter)
         if tracing is not None:
-            stack.callback(tracing.close)
+            # The last export is a blocking call: off the event loop, which may still serve.
+            stack.push_async_callback(asyncio.to_thread, tracing.close)
         store: StateStore = InstrumentedStore(
             await open_store(settings), "memory" if settings.embedded else "redis", metrics, tracing
         )
@@ -230,20 +237,28 @@ async def serve(
             metrics,
         )
         metrics.watch_subscribers(lambda: hub.subscribers)
+        access = open_access(settings, methods, store)
+        verified = access is not None
         servicer = BlackboardServicer(
             blackboard,
             subscriptions,
+            access or Access((), store),
             tenant=settings.tenant,
             write_timeout_s=settings.subscriber_write_timeout_s,
             admission=admission,
+            verified=verified,
         )
-
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ObservingInterceptor(metrics, tracing, tenant=settings.tenant, verified=verified)
+        ]
+        if access is not None:
+            interceptors.append(AuthInterceptor(access))
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(metrics, tracing, tenant=settings.tenant)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
                 ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ],
         )
         server.add_generic_rpc_handlers(
@@ -251,7 +266,12 @@ async def serve(
                 generic_handler(BLACKBOARD, servicer),
                 generic_handler(
                     COORDINATION,
-                    CoordinationServicer(coordination, tenant=settings.tenant, admission=admission),
+                    CoordinationServicer(
+                        coordination,
+                        tenant=settings.tenant,
+                        verified=verified,
+                        admission=admission,
+                    ),
                 ),
             ]
         )
@@ -266,7 +286,7 @@ async def serve(
             ),
             server,
         )
-        port = server.add_insecure_port(settings.listen)
+        port = add_port(server, settings, tls)
         metrics_port = 0
         if settings.metrics_port:
             host = settings.metrics_host or settings.listen.rpartition(":")[0].strip("[]")
@@ -278,12 +298,21 @@ async def serve(
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         background = await stack.enter_async_context(asyncio.TaskGroup())
-        sweeper = background.create_task(
-            sweep_forever(store, clock, settings.sweep_interval_s), name="ttl-sweeper"
-        )
-        recorder = background.create_task(
-            record_observations(coordinator, store, clock), name="coordination-recorder"
-        )
+        chores = [
+            background.create_task(
+                sweep_forever(store, clock, settings.sweep_interval_s), name="ttl-sweeper"
+            ),
+            background.create_task(
+                record_observations(coordinator, store, clock), name="coordination-recorder"
+            ),
+        ]
+        if metrics_port:
+            chores.append(
+                background.create_task(
+                    count_forever(coordinator, metrics, settings.census_interval_s),
+                    name="census",
+                )
+            )
         running = RunningServer(settings, port, store, hub, health_servicer, metrics, metrics_port)
         log.info("serving", address=running.address, metrics_port=metrics_port or None)
         try:
@@ -293,6 +322,6 @@ async def serve(
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             hub.close()
             await server.stop(settings.shutdown_grace_s)
-            sweeper.cancel()
-            recorder.cancel()
+            for chore in chores:
+                chore.cancel()
             log.info("stopped", address=running.address)

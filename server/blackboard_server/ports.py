@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from blackboard_server.domain.coordination import Holder, SessionInfo
+from blackboard_server.domain.coordination import Census, Holder, SessionInfo
 from blackboard_server.domain.model import (
     CommitResult,
     Conversation,
@@ -62,7 +62,18 @@ class StateStore(Protocol):
         ...
 
     async def delete_conversation(self, ref: ConversationRef) -> None:
-        """Deletes the conversation, its entries and its log. Raises ConversationNotFound."""
+        """Deletes the conversation, its entries, its log and its grants.
+        Raises ConversationNotFound."""
+        ...
+
+    async def grants(self, ref: ConversationRef) -> dict[str, int]:
+        """The roles (domain.auth.Role values) granted on the conversation, by subject.
+        Raises ConversationNotFound."""
+        ...
+
+    async def set_grant(self, ref: ConversationRef, subject: str, role: int) -> bool:
+        """Grants `role` to `subject`, replacing its grant; role 0 revokes. Whether the
+        subject had a grant before. Raises ConversationNotFound."""
         ...
 
     async def commit(
@@ -195,6 +206,13 @@ class Coordinator(Protocol):
         self, ref: ConversationRef, kind: FenceKind, name: str
     ) -> AbstractAsyncContextManager[AsyncIterator[Holder | None]]:
         """The holder now, then every change of holder or value (None: nobody)."""
+        ...
+
+    async def census(self) -> Census:
+        """Counts live sessions, held locks and led roles over every tenant.
+
+        For gauges: it reads all coordination state, so call it seldom.
+        """
         ...
 
     def running(self) -> AbstractAsyncContextManager[object]:

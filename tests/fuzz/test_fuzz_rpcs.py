@@ -70,6 +70,9 @@ ALLOWED: dict[str, set[grpc.StatusCode]] = {
     "Patch": WRITE | {C.ABORTED},
     "Txn": WRITE,
     "Subscribe": STREAM,
+    "GrantRole": REFUSED | {C.NOT_FOUND},
+    "RevokeRole": REFUSED | {C.NOT_FOUND},
+    "ListGrants": REFUSED | {C.NOT_FOUND},
     "OpenSession": REFUSED | {C.NOT_FOUND},
     "KeepAlive": REFUSED | {C.NOT_FOUND},
     "CloseSession": REFUSED | {C.NOT_FOUND},
@@ -351,6 +354,7 @@ async def _sentinel_state(channel: grpc.aio.Channel) -> tuple[Any, ...]:
         await coord.ListSessions(pb.ListSessionsRequest(conversation_id=c)),
         await coord.GetLock(pb.GetLockRequest(conversation_id=c, name="l")),
         await coord.GetLeader(pb.GetLeaderRequest(conversation_id=c, role="r")),
+        await bb.ListGrants(pb.ListGrantsRequest(conversation_id=c)),
     )
 
 
@@ -376,7 +380,7 @@ def _spoil(name: str, request: Any, session_id: str) -> None:
         request.role = ""
     elif name == "Subscribe":
         request.start_revision = -1
-    elif name == "ListSessions":
+    elif name in ("ListSessions", "GrantRole", "RevokeRole", "ListGrants"):
         request.conversation_id = SENTINEL + "*"
     elif name == "ListConversations":
         request.page_size = -1

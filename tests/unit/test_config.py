@@ -112,8 +112,13 @@ def test_embedded_mode_listens_on_loopback(listen: str) -> None:
 def test_embedded_mode_refuses_a_non_loopback_address(listen: str) -> None:
     with pytest.raises(SettingsError, match="loopback"):
         Settings.load([], {"BB_LISTEN": listen})
-    # With a store configured it is a real deployment and may listen anywhere.
-    s = Settings.load(["--redis-url", "redis://r:6379/0"], {"BB_LISTEN": listen})
+    # With a store configured it is a real deployment: it may listen anywhere, with auth.
+    with pytest.raises(SettingsError, match="needs authentication"):
+        Settings.load(["--redis-url", "redis://r:6379/0"], {"BB_LISTEN": listen})
+    s = Settings.load(
+        ["--redis-url", "redis://r:6379/0", "--auth", "tokens", "--auth-tokens-file", "t.json"],
+        {"BB_LISTEN": listen},
+    )
     assert not s.embedded and s.listen == listen
 
 
@@ -208,20 +213,98 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "max_page_size": "2000",
         "max_request_bytes": str(8 << 20),
         "max_session_ttl_ms": str(600_000),  # must stay above session_ttl_ms's default
+        "tls_client_auth": "require",
+        "auth": "tokens",
     }
-    # Fields valid only with another one set.
+    # What a field needs beside it to pass validation.
+    tls = ["--tls-cert-file", "c", "--tls-key-file", "k"]
     companions = {
-        "etcd_username": {"etcd_password": "pw"},
-        "etcd_password": {"etcd_username": "u"},
-        "etcd_password_file": {"etcd_username": "u"},
-        "etcd_tls_cert_file": {"etcd_tls_key_file": "k.pem"},
-        "etcd_tls_key_file": {"etcd_tls_cert_file": "c.pem"},
+        "tls_cert_file": ["--tls-key-file", "k"],
+        "tls_key_file": ["--tls-cert-file", "c"],
+        "tls_client_ca_file": [*tls, "--tls-client-auth", "require"],
+        "tls_client_auth": [*tls, "--tls-client-ca-file", "ca"],
+        "auth": ["--auth-tokens-file", "t"],
+        "etcd_username": ["--etcd-password", "pw"],
+        "etcd_password": ["--etcd-username", "u"],
+        "etcd_password_file": ["--etcd-username", "u"],
+        "etcd_tls_cert_file": ["--etcd-tls-key-file", "k.pem"],
+        "etcd_tls_key_file": ["--etcd-tls-cert-file", "c.pem"],
     }
+    # Several workers need Redis and etcd (given as flags, so the variable is tested alone).
+    special["workers"], special["reuse_port"] = "2", "true"
+    needs = {"workers": ["--redis-url", "redis://r:1/0", "--etcd-endpoints", "e:2"]}
     defaults = Settings()
     for f in dataclasses.fields(Settings):
         raw = special.get(f.name, samples[str(f.type)])
-        extra = companions.get(f.name, {})
-        env = {"BB_" + name.upper(): value for name, value in extra.items()}
-        from_env = Settings.load([], {**env, "BB_" + f.name.upper(): raw})
-        from_flag = Settings.load(["--" + f.name.replace("_", "-"), raw], env)
+        extra = companions.get(f.name, []) or needs.get(f.name, [])
+        from_env = Settings.load(extra, {"BB_" + f.name.upper(): raw})
+        from_flag = Settings.load([*extra, "--" + f.name.replace("_", "-"), raw], {})
         assert getattr(from_env, f.name) == getattr(from_flag, f.name) != getattr(defaults, f.name)
+
+
+# --- TLS and authentication ------------------------------------------------------------
+
+JWT = ["--auth", "jwt", "--jwt-keys-file", "k.pem", "--jwt-audience", "bb"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--auth", "password"], "auth: expected none"),
+        (["--auth", "tokens,none"], "auth: expected none"),
+        (["--auth", ","], "auth: expected none"),
+        (["--auth", "tokens,tokens", "--auth-tokens-file", "t"], "listed twice"),
+        (["--auth", "tokens"], "auth_tokens_file"),
+        (["--auth", "jwt", "--jwt-audience", "bb"], "jwt_keys_file"),
+        (["--auth", "jwt", "--jwt-keys-file", "k.pem"], "jwt_audience"),
+        ([*JWT, "--jwt-algorithms", "none"], "jwt_algorithms"),
+        ([*JWT, "--jwt-algorithms", "HS256,PS256"], "jwt_algorithms"),
+        ([*JWT, "--jwt-leeway-s", "-1"], "jwt_leeway_s"),
+        ([*JWT, "--jwt-tenant-claim", ""], "jwt_tenant_claim"),
+        (["--tenant", "a/b"], "tenant: 1-64"),
+        (["--tls-cert-file", "c.pem"], "give both"),
+        (["--tls-key-file", "k.pem"], "give both"),
+        (["--tls-client-auth", "maybe"], "tls_client_auth: expected"),
+        (["--tls-client-auth", "optional"], "optional is not supported"),
+        (["--tls-client-auth", "require"], "needs tls_cert_file and tls_client_ca_file"),
+        (
+            ["--tls-cert-file", "c", "--tls-key-file", "k", "--tls-client-ca-file", "ca"],
+            "only used with tls_client_auth=require",
+        ),
+        (["--auth", "mtls", "--tls-cert-file", "c", "--tls-key-file", "k"], "auth=mtls needs"),
+    ],
+)
+def test_auth_settings_are_checked(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.load(argv, {})
+
+
+def test_auth_defaults_to_none_and_lists_are_read_in_order() -> None:
+    assert Settings().auth_methods == [] and not Settings().tls
+    mtls = ["--tls-cert-file", "c", "--tls-key-file", "k", "--tls-client-ca-file", "ca"]
+    mtls += ["--tls-client-auth", "require"]
+    s = Settings.load(
+        ["--auth", " mtls, jwt ,tokens", "--auth-tokens-file", "t", *JWT[2:], *mtls], {}
+    )
+    assert s.auth_methods == ["mtls", "jwt", "tokens"] and s.tls
+    # Auth on: any address, with a store (embedded mode stays on loopback).
+    assert s.replace(listen="0.0.0.0:1", redis_url="redis://r:1/0").listen == "0.0.0.0:1"
+
+
+REDIS = ["--redis-url", "redis://127.0.0.1:6399/0", "--etcd-endpoints", "127.0.0.1:2399"]
+
+
+def test_several_workers_need_redis_etcd_and_a_fixed_port() -> None:
+    s = Settings.load([*REDIS, "--workers", "3", "--listen", "127.0.0.1:7000"], {})
+    assert (s.workers, s.reuse_port) == (3, False)
+    with pytest.raises(SettingsError, match="embedded"):
+        Settings.load(["--workers", "2"], {})
+    with pytest.raises(SettingsError, match="etcd"):
+        Settings.load(["--redis-url", "redis://h:1/0", "--workers", "2"], {})
+    with pytest.raises(SettingsError, match="fixed port"):
+        Settings.load([*REDIS, "--workers", "2", "--listen", "127.0.0.1:0"], {})
+    with pytest.raises(SettingsError, match="workers"):
+        Settings.load(["--workers", "0"], {})
+    with pytest.raises(SettingsError, match="metrics_port"):
+        Settings.load([*REDIS, "--workers", "4", "--metrics-port", "65534"], {})
+    assert Settings.load(["--workers", "1"], {}).embedded  # one worker: embedded is fine

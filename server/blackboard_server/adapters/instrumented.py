@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from time import perf_counter
 from typing import Any, TypeVar
 
-from blackboard_server.domain.coordination import Holder, SessionInfo
+from blackboard_server.domain.coordination import Census, Holder, SessionInfo
 from blackboard_server.domain.errors import BackendUnavailable, BlackboardError
 from blackboard_server.domain.model import (
     CommitResult,
@@ -105,6 +105,12 @@ class InstrumentedStore:
 
     async def delete_conversation(self, ref: ConversationRef) -> None:
         await self._timed("delete_conversation", self.inner.delete_conversation(ref))
+
+    async def grants(self, ref: ConversationRef) -> dict[str, int]:
+        return await self._timed("grants", self.inner.grants(ref))
+
+    async def set_grant(self, ref: ConversationRef, subject: str, role: int) -> bool:
+        return await self._timed("set_grant", self.inner.set_grant(ref, subject, role))
 
     async def commit(
         self,
@@ -209,6 +215,9 @@ class InstrumentedCoordinator:
         self, ref: ConversationRef, kind: FenceKind, name: str
     ) -> AbstractAsyncContextManager[AsyncIterator[Holder | None]]:
         return self.inner.observe(ref, kind, name)
+
+    async def census(self) -> Census:
+        return await self._timed("census", self.inner.census())
 
     def running(self) -> AbstractAsyncContextManager[object]:
         return self.inner.running()

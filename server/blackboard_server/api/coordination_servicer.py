@@ -23,15 +23,21 @@ ELECTION = FenceKind.ELECTION
 
 class CoordinationServicer:
     def __init__(
-        self, service: CoordinationService, *, tenant: str, admission: Admission | None = None
+        self,
+        service: CoordinationService,
+        *,
+        tenant: str,
+        verified: bool = False,
+        admission: Admission | None = None,
     ) -> None:
         self._svc = service
         self._tenant = tenant
+        self._verified = verified
         self._admission = admission or Admission(QuotaBook(Quota()))
 
     def _caller(self, context: Context) -> Caller:
         """The caller, once its tenant's request rate lets the call in."""
-        who = caller(context, self._tenant)
+        who = caller(context, self._tenant, self._verified)
         self._admission.admit(who.tenant)
         return who
 

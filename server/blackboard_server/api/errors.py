@@ -47,6 +47,12 @@ TABLE: tuple[tuple[type[e.BlackboardError], grpc.StatusCode], ...] = (
     (e.WaitExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (e.BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
     (e.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (e.CredentialsMissing, grpc.StatusCode.UNAUTHENTICATED),
+    (e.CredentialsInvalid, grpc.StatusCode.UNAUTHENTICATED),
+    (e.CredentialsExpired, grpc.StatusCode.UNAUTHENTICATED),
+    (e.RoleRequired, grpc.StatusCode.PERMISSION_DENIED),
+    (e.TenantMismatch, grpc.StatusCode.PERMISSION_DENIED),
+    (e.MethodNotAllowed, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 
@@ -98,7 +104,7 @@ async def abort(context: grpc.aio.ServicerContext[Any, Any], error: e.Blackboard
         # grpc cannot send a status on a call whose client already went away (its
         # deadline passed, it cancelled); the context may not know yet. The call
         # ends as cancelled, not as a bug.
-        if context.cancelled() or type(exc).__name__ == "ExecuteBatchError":
+        if type(exc).__name__ == "ExecuteBatchError":
             raise asyncio.CancelledError from None
         raise
 

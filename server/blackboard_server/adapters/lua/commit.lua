@@ -1,12 +1,13 @@
 -- One write, all or nothing: a port of domain/commit.py::plan plus the
 -- bookkeeping of MemoryStore.commit.
 --
--- KEYS: meta data index log replies reply_expiry ttl fences bindings ended usage
+-- KEYS: meta data index log replies reply_expiry ttl fences bindings ended (the rest
+--       of Keys.all), and last the tenant's usage hash
 -- ARGV: batch fingerprint now_ms retention dedupe_window_ms channel max_payload
 --       max_entries max_bytes (quotas; 0 is unlimited)
-local meta, data, index, log, replies, reply_expiry, ttl, fences, bindings, ended, usage =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10],
-  KEYS[11]
+local meta, data, index, log, replies, reply_expiry, ttl, fences, bindings, ended =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local usage = KEYS[#KEYS]
 local batch = cmsgpack.unpack(ARGV[1])
 local fingerprint = ARGV[2]
 local now = tonumber(ARGV[3])

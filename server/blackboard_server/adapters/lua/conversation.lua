@@ -1,11 +1,33 @@
--- Creates (ARGV[1] == 'create') or deletes a conversation's keys in one step.
+-- Creates (ARGV[1] == 'create') or deletes a conversation's keys in one step;
+-- reads or sets its grants, checking that it exists in the same step.
 --
--- KEYS: the conversation's keys (Keys.all), then the tenant's usage hash
+-- KEYS: every key of the conversation (redis_codec.Keys.all; the grants hash is KEYS[11]),
+--       then, for create and delete, the tenant's usage hash
 -- create ARGV: 'create' now_ms idle_ttl_ms metadata max_conversations (0: unlimited)
 -- delete ARGV: 'delete' channel
 -- Returns 1, 0 when the conversation already exists (create) or is missing
 -- (delete), or -1 when the tenant has max_conversations already.
+-- grants ARGV: 'grants'                 -> false if missing, else {subject, role, ...}
+-- grant ARGV:  'grant' subject role     -> -1 if missing, else 1/0: the subject had a grant
+--              (role '0' revokes)
 local meta, usage = KEYS[1], KEYS[#KEYS]
+if ARGV[1] == 'grants' or ARGV[1] == 'grant' then
+  if redis.call('EXISTS', meta) == 0 then
+    if ARGV[1] == 'grants' then return false end
+    return -1
+  end
+  local grants = KEYS[11]
+  if ARGV[1] == 'grants' then
+    return redis.call('HGETALL', grants)
+  end
+  local had = redis.call('HEXISTS', grants, ARGV[2])
+  if ARGV[3] == '0' then
+    redis.call('HDEL', grants, ARGV[2])
+  else
+    redis.call('HSET', grants, ARGV[2], ARGV[3])
+  end
+  return had
+end
 if ARGV[1] == 'create' then
   if redis.call('EXISTS', meta) == 1 then
     return 0
