@@ -93,6 +93,7 @@ class Keys:
     meta: str
     channel: bytes
     all: tuple[str, ...]  # the commit and conversation scripts' keys
+    usage: str  # the tenant's conversations and bytes (domain/quota.py)
 
     @classmethod
     def of(cls, prefix: str, ref: ConversationRef) -> Keys:
@@ -100,7 +101,8 @@ class Keys:
         base = f"{prefix}:{{{tag}}}"
         suffixes = ("m", "d", "k", "l", "i", "j", "x", "f", "b", "e", "g")
         every = tuple(f"{base}:{s}" for s in suffixes)
-        return cls(tag, f"{base}:m", f"{base}:n".encode(), every)
+        usage = usage_key(prefix, ref.tenant)
+        return cls(tag, f"{base}:m", f"{base}:n".encode(), every, usage)
 
     @staticmethod
     def ref_of(tag: bytes | str) -> ConversationRef:
@@ -109,6 +111,10 @@ class Keys:
 
     def named(self, *suffixes: str) -> list[str]:
         return [self.meta[:-1] + s for s in suffixes]
+
+
+def usage_key(prefix: str, tenant: str) -> str:
+    return f"{prefix}:usage:{{{tenant}}}"
 
 
 def pack_batch(batch: WriteBatch) -> bytes:

@@ -34,11 +34,13 @@ from redis.retry import Retry
 from blackboard_server.adapters import redis_codec as codec
 from blackboard_server.adapters.memory import EXPIRY_AGENT
 from blackboard_server.adapters.redis_pipe import Endpoint, Script, ScriptPipe
+from blackboard_server.domain import quota as quotas
 from blackboard_server.domain.errors import (
     BackendUnavailable,
     ConversationExists,
     ConversationNotFound,
     Fenced,
+    QuotaExceeded,
     RequestIdReused,
     RevisionCompacted,
     SessionNotFound,
@@ -169,7 +171,13 @@ class RedisStore:
     # --- conversations --------------------------------------------------------
 
     async def create_conversation(
-        self, ref: ConversationRef, metadata: dict[str, str], idle_ttl_ms: int, now_ms: int
+        self,
+        ref: ConversationRef,
+        metadata: dict[str, str],
+        idle_ttl_ms: int,
+        now_ms: int,
+        *,
+        max_conversations: int = 0,
     ) -> Conversation:
         keys, index = self._keys(ref), self._tenant_index(ref.tenant)
         packed = codec.pack_metadata(metadata)
@@ -178,14 +186,38 @@ class RedisStore:
             # listing skips, never a conversation that listing misses.
             await self._client.zadd(index, {ref.id: 0})
             created = await self._run(
-                "conversation", keys.all, "create", now_ms, idle_ttl_ms, packed
+                "conversation",
+                (*keys.all, keys.usage),
+                "create",
+                now_ms,
+                idle_ttl_ms,
+                packed,
+                max_conversations,
             )
-            if created:
+            if created == -1:
+                await self._unindex(index, keys, ref)
+            elif created:
                 # A delete of the same id racing this create may have removed it.
                 await self._client.zadd(index, {ref.id: 0})
+        if created == -1:
+            usage = await self.usage(ref.tenant)
+            raise QuotaExceeded("conversations", max_conversations, usage.conversations + 1)
         if not created:
             raise ConversationExists(ref.id)
         return Conversation(ref, dict(metadata), now_ms, now_ms, idle_ttl_ms, 0, 0)
+
+    async def _unindex(self, index: str, keys: codec.Keys, ref: ConversationRef) -> None:
+        await self._client.zrem(index, ref.id)
+        # A create of the same id racing this must stay listed.
+        if await self._client.exists(keys.meta):
+            await self._client.zadd(index, {ref.id: 0})
+
+    async def usage(self, tenant: str) -> quotas.Usage:
+        async with self._guard():
+            conversations, size = await self._client.hmget(
+                codec.usage_key(self._prefix, tenant), ["conversations", "bytes"]
+            )
+        return quotas.Usage(int(conversations or 0), int(size or 0))
 
     async def get_conversation(self, ref: ConversationRef) -> Conversation:
         async with self._guard():
@@ -224,12 +256,11 @@ class RedisStore:
     async def delete_conversation(self, ref: ConversationRef) -> None:
         keys, index = self._keys(ref), self._tenant_index(ref.tenant)
         async with self._guard():
-            deleted = await self._run("conversation", keys.all, "delete", keys.channel)
+            deleted = await self._run(
+                "conversation", (*keys.all, keys.usage), "delete", keys.channel
+            )
             if deleted:
-                await self._client.zrem(index, ref.id)
-                # A create of the same id racing this delete must stay listed.
-                if await self._client.exists(keys.meta):
-                    await self._client.zadd(index, {ref.id: 0})
+                await self._unindex(index, keys, ref)
         if not deleted:
             raise ConversationNotFound(ref.id)
 
@@ -251,7 +282,12 @@ class RedisStore:
     # --- writes ---------------------------------------------------------------
 
     async def commit(
-        self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
+        self,
+        ref: ConversationRef,
+        batch: WriteBatch,
+        fingerprint: str,
+        now_ms: int,
+        quota: quotas.StoreQuota = quotas.UNLIMITED,
     ) -> CommitResult:
         keys = self._keys(ref)
         started = time.monotonic()
@@ -259,7 +295,7 @@ class RedisStore:
             # No guard: the pipe bounds every call by the timeout itself.
             reply = await self._pipe.evalsha(
                 self._commit_script,
-                keys.all,
+                (*keys.all, keys.usage),
                 codec.pack_batch(batch),
                 fingerprint,
                 now_ms,
@@ -267,6 +303,8 @@ class RedisStore:
                 self._dedupe_window_ms,
                 keys.channel,
                 MAX_NOTIFY_PAYLOAD,
+                quota.entries_per_conversation,
+                quota.bytes,
             )
         except ResponseError as exc:
             _raise_if_transient(exc)
@@ -286,6 +324,8 @@ class RedisStore:
             raise RequestIdReused(batch.request_id)
         if status == b"SESSION_ENDED":
             raise SessionNotFound(reply[1].decode())
+        if status == b"QUOTA":
+            raise QuotaExceeded(reply[1].decode(), reply[2], reply[3])
         return codec.unpack_result(reply[1], replayed=bool(reply[2]))
 
     async def expire_due(self, now_ms: int, limit: int) -> int:
@@ -317,7 +357,7 @@ class RedisStore:
             await self._client.zrem(self._ttl_index, member)
             deleted, following = await self._run(
                 "expire",
-                keys.named("m", "d", "k", "l", "x", "b"),
+                (*keys.named("m", "d", "k", "l", "x", "b"), keys.usage),
                 now_ms,
                 limit,
                 self._retention,
