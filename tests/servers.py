@@ -294,3 +294,124 @@ class ServerProcess:
 
     def stop(self) -> None:
         _stop(self.proc, grace=15)
+
+
+class RedisClusterServers:
+    """A Redis Cluster on loopback: `masters` shards, each with `replicas` replicas.
+
+    Every node is a RedisServer with cluster mode on and its nodes.conf in its
+    own directory; `redis-cli --cluster create` assigns the slots. A small
+    `node_timeout_ms` makes a killed master's replica take over within about
+    a second.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        durable: bool = False,
+        node_timeout_ms: int = 1000,
+        extra: tuple[str, ...] = (),
+    ) -> None:
+        self.workdir = workdir
+        self.masters = masters
+        self.replicas = replicas
+        cluster = (
+            *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            *("--cluster-node-timeout", str(node_timeout_ms)),
+            # A replica takes over however long it was cut off: the tests kill masters.
+            *("--cluster-replica-validity-factor", "0"),
+        )
+        # The bus port is given: the default (port + 10000) may be taken or out of range.
+        self.nodes = [
+            RedisServer(
+                workdir / f"node{i}",
+                durable=durable,
+                extra=(*cluster, "--cluster-port", str(free_port()), *extra),
+            )
+            for i in range(masters * (1 + replicas))
+        ]
+
+    @property
+    def url(self) -> str:
+        """The server's cluster URL: every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                require("redis-cli"),
+                *self.cli_auth,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(self.healthy, 30, "redis cluster")
+        return self
+
+    @property
+    def cli_auth(self) -> list[str]:
+        """Arguments that let redis-cli in; none for a cluster without a password."""
+        return []
+
+    def cli(self, node: RedisServer, *args: str) -> str:
+        result = subprocess.run(
+            [require("redis-cli"), *self.cli_auth, "-p", str(node.port), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return result.stdout
+
+    def healthy(self) -> bool:
+        """Every live node reports the cluster ok, with every replica attached."""
+        try:
+            for node in self.nodes:
+                if node.proc is None or node.proc.poll() is not None:
+                    continue
+                if "cluster_state:ok" not in self.cli(node, "CLUSTER", "INFO"):
+                    return False
+            expected = sum(1 for n in self.nodes if n.proc is not None and n.proc.poll() is None)
+            return self.cli(self.nodes[0], "CLUSTER", "NODES").count("connected") >= expected
+        except (subprocess.SubprocessError, OSError):
+            return False
+
+    def role_of(self, node: RedisServer) -> str:
+        return self.cli(node, "ROLE").split("\n", 1)[0].strip()
+
+    def master_nodes(self) -> list[RedisServer]:
+        return [
+            n
+            for n in self.nodes
+            if n.proc is not None and n.proc.poll() is None and self.role_of(n) == "master"
+        ]
+
+    def node_of(self, key: str) -> RedisServer:
+        """The master that owns the key's slot now."""
+        slot = int(self.cli(self.nodes[0], "CLUSTER", "KEYSLOT", key))
+        for node in self.master_nodes():
+            for row in self.cli(node, "CLUSTER", "NODES").splitlines():
+                fields = row.split()
+                if "myself" not in fields[2]:
+                    continue
+                for span in fields[8:]:
+                    low, _, high = span.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return node
+        raise LookupError(f"no master owns the slot of {key!r}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

@@ -2,15 +2,16 @@
 
 Every write is one Lua script (adapters/lua/commit.lua, a port of
 domain/commit.py::plan), so checks, revision bump, apply, log append, trim,
-idempotency record and PUBLISH happen as one atomic step. All keys of a
+idempotency record and (S)PUBLISH happen as one atomic step. All keys of a
 conversation share one hash tag, so the scripts run unchanged on Redis
 Cluster; the key layout is in redis_codec.py. Commits go through one
 pipelined connection (redis_pipe.py); everything else through redis-py.
 
-Notifications ride on one pub/sub connection owned by a reader task, started
-by `connect` and stopped by `aclose`. They only wake readers: the log is the
-truth, so after any (re)subscription the listener gets None for the
-conversation and reads the log.
+On a Redis Cluster (a redis+cluster:// URL) the same scripts run on the
+primary owning the conversation's slot (redis_cluster.py). Notifications
+(redis_notify.py) use plain pub/sub on one Redis and sharded pub/sub on a
+cluster. They only wake readers: the log is the truth, so after any
+(re)subscription the listener gets None for the conversation and reads the log.
 """
 
 from __future__ import annotations
@@ -24,16 +25,28 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.cluster import RedisCluster
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    NoPermissionError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from blackboard_server.adapters import redis_codec as codec
 from blackboard_server.adapters.memory import EXPIRY_AGENT
-from blackboard_server.adapters.redis_pipe import Endpoint, Script, ScriptPipe
+from blackboard_server.adapters.redis_access import RedisAccess
+from blackboard_server.adapters.redis_cluster import ClusterPipe, ShardedNotifications, Topology
+from blackboard_server.adapters.redis_durability import Durability, prepare
+from blackboard_server.adapters.redis_notify import Book, Notifications, PlainNotifications
+from blackboard_server.adapters.redis_pipe import Script, ScriptPipe
+from blackboard_server.config import SettingsError
 from blackboard_server.domain.errors import (
     BackendUnavailable,
     ConversationExists,
@@ -61,17 +74,30 @@ MAX_NOTIFY_PAYLOAD = 64 * 1024
 _TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
 _LUA = Path(__file__).with_name("lua")
 _KEYS_CACHED = 4096  # conversations whose key names are kept, not rebuilt per call
+_FAST = Durability()
 
 
 class RedisStore:
     def __init__(
-        self, client: Redis, *, retention: int, dedupe_window_ms: int, prefix: str, timeout_s: float
+        self,
+        client: Redis | RedisCluster,
+        pipe: ScriptPipe | ClusterPipe,
+        notifications: Notifications,
+        *,
+        retention: int,
+        dedupe_window_ms: int,
+        prefix: str,
+        timeout_s: float,
     ) -> None:
         self._client = client
+        self._pipe = pipe
+        self._notifications = notifications
         self._retention = retention
         self._dedupe_window_ms = dedupe_window_ms
         self._prefix = prefix
         self._timeout_s = timeout_s
+        # Notifications on a cluster are sharded: SPUBLISH reaches only the channel's shard.
+        self._publish = "SPUBLISH" if isinstance(client, RedisCluster) else "PUBLISH"
         self._ttl_index = f"{prefix}:ttl"
         self._known_keys: dict[ConversationRef, codec.Keys] = {}
         self._scripts = {
@@ -79,47 +105,67 @@ class RedisStore:
             for name in ("conversation", "read", "events", "expire")
         }
         self._commit_script = Script.of("commit", _source("commit"))
-        self._pipe = ScriptPipe(Endpoint.of(client.connection_pool), timeout_s=timeout_s)
-        self._listeners: list[Listener] = []
-        self._watched: dict[bytes, ConversationRef] = {}
-        self._subscribed: dict[bytes, asyncio.Event] = {}
-        self._pubsub: AbstractConnection | None = None
-        self._send_lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(
         cls,
-        url: str,
+        url: str | RedisAccess,
         *,
         retention: int = 10_000,
         dedupe_window_ms: int = 86_400_000,
         prefix: str = "bb",
         timeout_s: float = 5.0,
+        durability: Durability = _FAST,
     ) -> RedisStore:
+        """Connects to one Redis or a cluster (redis_access.py lists the URLs).
+
+        Raises BackendUnavailable when Redis cannot be reached, SettingsError
+        when it refuses the credentials or is not configured for `durability`.
+        """
+        access = url if isinstance(url, RedisAccess) else RedisAccess.of(url)
         # No retries inside redis-py: a retried script that did run would
         # write twice. Callers retry, with a request id.
-        client = Redis.from_url(
-            url,
+        client = access.client(
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
-        store = cls(
+        try:
+            replicas = await _prepare(client, access, durability, timeout_s)
+        except BaseException:
+            await client.aclose()
+            raise
+        book = Book()
+        pipe: ScriptPipe | ClusterPipe
+        notifications: Notifications
+        if isinstance(client, RedisCluster):
+            topology = Topology(client, timeout_s)
+            pipe = ClusterPipe(
+                topology,
+                access,
+                timeout_s=timeout_s,
+                replicas=replicas,
+                wait_timeout_ms=durability.wait_timeout_ms,
+            )
+            notifications = ShardedNotifications(book, topology, access, timeout_s=timeout_s)
+        else:
+            pipe = ScriptPipe(
+                access.endpoint(),
+                timeout_s=timeout_s,
+                replicas=replicas,
+                wait_timeout_ms=durability.wait_timeout_ms,
+            )
+            pool = client.connection_pool
+            notifications = PlainNotifications(book, pool.make_connection, timeout_s=timeout_s)
+        return cls(
             client,
+            pipe,
+            notifications,
             retention=retention,
             dedupe_window_ms=dedupe_window_ms,
             prefix=prefix,
             timeout_s=timeout_s,
         )
-        try:
-            async with store._guard():
-                await client.ping()
-        except BackendUnavailable:
-            await client.aclose()
-            raise
-        store._reader = asyncio.create_task(store._read_notifications(), name="redis-pubsub")
-        return store
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -128,11 +174,7 @@ class RedisStore:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+        await self._notifications.aclose()
         await self._pipe.aclose()
         await self._client.aclose()
 
@@ -145,7 +187,11 @@ class RedisStore:
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             # The pool's other idle connections were very likely cut by the same
             # outage: drop them, so one failed call per outage, not one per connection.
-            await self._client.connection_pool.disconnect(inuse_connections=False)
+            # (A cluster client drops a failed node's connections itself.)
+            if isinstance(self._client, Redis):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
+            raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
+        except RedisClusterException as exc:  # no node owns a slot: the cluster is failing over
             raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
         except ResponseError as exc:
             _raise_if_transient(exc)
@@ -224,7 +270,9 @@ class RedisStore:
     async def delete_conversation(self, ref: ConversationRef) -> None:
         keys, index = self._keys(ref), self._tenant_index(ref.tenant)
         async with self._guard():
-            deleted = await self._run("conversation", keys.all, "delete", keys.channel)
+            deleted = await self._run(
+                "conversation", keys.all, "delete", keys.channel, self._publish
+            )
             if deleted:
                 await self._client.zrem(index, ref.id)
                 # A create of the same id racing this delete must stay listed.
@@ -252,6 +300,7 @@ class RedisStore:
                 self._dedupe_window_ms,
                 keys.channel,
                 MAX_NOTIFY_PAYLOAD,
+                self._publish,
             )
         except ResponseError as exc:
             _raise_if_transient(exc)
@@ -309,6 +358,7 @@ class RedisStore:
                 keys.channel,
                 MAX_NOTIFY_PAYLOAD,
                 EXPIRY_AGENT,
+                self._publish,
             )
             if following >= 0:
                 await self._client.zadd(self._ttl_index, {member: following}, lt=True)
@@ -356,7 +406,7 @@ class RedisStore:
     # --- notifications --------------------------------------------------------
 
     def listen(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self._notifications.book.listeners.append(listener)
 
     async def watch(self, ref: ConversationRef) -> None:
         """Returns once Redis confirms the subscription.
@@ -364,98 +414,50 @@ class RedisStore:
         Every confirmation, including those after a reconnect, also calls the
         listener with None: events committed before it were not announced.
         """
-        channel = self._keys(ref).channel
-        if channel not in self._watched:
-            self._watched[channel] = ref
-            self._subscribed[channel] = asyncio.Event()
-        subscribed = self._subscribed[channel]
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._send_for(channel, "SUBSCRIBE")
-                await subscribed.wait()
-        except TimeoutError:
-            await self.unwatch(ref)
-            raise BackendUnavailable("redis", f"no subscription to {ref}") from None
+        await self._notifications.watch(ref, self._keys(ref).channel)
 
     async def unwatch(self, ref: ConversationRef) -> None:
         """Local bookkeeping first: it never fails, even with Redis down."""
-        channel = self._keys(ref).channel
-        if self._watched.pop(channel, None) is not None:
-            del self._subscribed[channel]
-            await self._send_for(channel, "UNSUBSCRIBE")
+        await self._notifications.unwatch(self._keys(ref).channel)
 
-    async def _send_for(self, channel: bytes, command: str) -> None:
-        """Sends (UN)SUBSCRIBE unless the channel's watch changed meanwhile."""
-        async with self._send_lock:
-            if (channel in self._watched) != (command == "SUBSCRIBE"):
-                return
-            conn = self._pubsub
-            if conn is not None and conn.is_connected:
-                # A failed send breaks the connection; the reader reconnects and resubscribes.
-                with contextlib.suppress(RedisError, OSError):
-                    await conn.send_command(command, channel)
 
-    async def _read_notifications(self) -> None:
-        """Owns the pub/sub connection: connects, subscribes, reads, reconnects."""
-        delay = 0.05
-        while True:
-            conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-            try:
-                await conn.connect()
-                async with self._send_lock:
-                    self._pubsub = conn
-                    if self._watched:
-                        await conn.send_command("SUBSCRIBE", *self._watched)
-                delay = 0.05
-                await self._read_messages(conn)
-            except (RedisError, OSError) as exc:
-                # Once per outage, not once per attempt to reconnect.
-                if self._pubsub is not None:
-                    log.warning("redis pub/sub connection lost", error=str(exc))
-            except Exception:
-                log.exception("redis pub/sub reader failed; reconnecting")
-            finally:
-                self._pubsub = None
-                for subscribed in self._subscribed.values():
-                    subscribed.clear()
-                await conn.disconnect(nowait=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+async def _prepare(
+    client: Redis | RedisCluster, access: RedisAccess, durability: Durability, timeout_s: float
+) -> int:
+    """The first contact: reachable, the right kind, credentials accepted, durable enough."""
+    where = access.redacted
+    try:
+        async with asyncio.timeout(timeout_s):
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+            elif _hello_field(await client.execute_command("HELLO"), "mode") == "cluster":  # type: ignore[no-untyped-call]
+                raise SettingsError(
+                    f"redis_url: the Redis at {where} is a cluster node; "
+                    "use redis+cluster://host:port,... (or rediss+cluster://)"
+                )
+            return await prepare(client, durability, where)
+    except (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError) as exc:
+        raise SettingsError(
+            f"redis_url: the Redis at {where} refused user {access.username!r}: {exc}"
+        ) from None
+    except ResponseError as exc:
+        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
+            raise SettingsError(
+                f"redis_url: the Redis at {where} wants a password: {exc}"
+            ) from None
+        _raise_if_transient(exc)
+        raise
+    except RedisClusterException as exc:
+        raise SettingsError(f"redis_url: {where} is not a usable Redis Cluster: {exc}") from None
+    except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
+        raise BackendUnavailable("redis", f"{where}: {exc or type(exc).__name__}") from exc
 
-    async def _read_messages(self, conn: AbstractConnection) -> None:
-        # An idle connection is probed with PING: a silent Redis is a lost one.
-        unanswered = False
-        while True:
-            # push_request: over RESP3 (redis-py's default) messages arrive as pushes.
-            message = await conn.read_response(timeout=self._timeout_s / 2, push_request=True)
-            if message is None:
-                if unanswered:
-                    raise RedisTimeoutError("pub/sub connection stopped answering")
-                async with self._send_lock:
-                    await conn.send_command("PING")
-                unanswered = True
-                continue
-            unanswered = False
-            if isinstance(message, list) and len(message) == 3:
-                await self._dispatch(*message)
 
-    async def _dispatch(self, kind: bytes, channel: bytes, payload: Any) -> None:
-        ref = self._watched.get(channel)
-        if kind == b"message" and ref is not None:
-            self._notify(ref, codec.event_or_none(payload))
-        elif kind == b"subscribe":
-            if ref is None:  # unwatched while the SUBSCRIBE was in flight
-                await self._send_for(channel, "UNSUBSCRIBE")
-                return
-            self._subscribed[channel].set()
-            self._notify(ref, None)
-
-    def _notify(self, ref: ConversationRef, event: Event | None) -> None:
-        for listener in self._listeners:
-            try:
-                listener(ref, event)
-            except Exception:
-                log.exception("store listener failed", conversation=str(ref))
+def _hello_field(reply: Any, name: str) -> str:
+    """A field of HELLO's reply: a map (RESP3) or a flat list (RESP2)."""
+    fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+    value = fields.get(name.encode(), fields.get(name, b""))
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _raise_if_transient(exc: ResponseError) -> None:

@@ -2,7 +2,7 @@
 --
 -- KEYS: meta data index log replies reply_expiry ttl fences
 -- create ARGV: 'create' now_ms idle_ttl_ms metadata
--- delete ARGV: 'delete' channel
+-- delete ARGV: 'delete' channel publish (PUBLISH, or SPUBLISH on a cluster)
 -- Returns 1, or 0 when the conversation already exists (create) or is missing (delete).
 local meta = KEYS[1]
 if ARGV[1] == 'create' then
@@ -19,5 +19,5 @@ end
 -- UNLINK frees large hashes and logs off the main thread.
 redis.call('UNLINK', unpack(KEYS))
 -- An empty payload tells watchers to look again; they will find the conversation gone.
-redis.call('PUBLISH', ARGV[2], '')
+redis.call(ARGV[3], ARGV[2], '')
 return 1
