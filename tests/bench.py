@@ -233,7 +233,7 @@ def blackboard_server(
     address = f"127.0.0.1:{free_port()}"
     args = ["-m", "blackboard_server", "--listen", address, "--log-format", "json", *flags]
     if redis is not None:
-        args += ["--redis-url", redis.url]
+        args += ["--redis-url", redis.url, "--durability", "durable" if redis.durable else "fast"]
     return ServerProcess(name, args, tmp), address
 
 

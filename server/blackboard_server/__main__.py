@@ -31,6 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blackboard-server: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    try:
+        _start(settings)
+    except SettingsError as error:  # found at start-up: e.g. Redis refused the credentials
+        print(f"blackboard-server: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _start(settings: Settings) -> None:
     if settings.uvloop:
         try:
             import uvloop
@@ -38,9 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
         else:
             uvloop.run(_run(settings))
-            return 0
+            return
     asyncio.run(_run(settings))
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from blackboard_server.adapters.instrumented import InstrumentedCoordinator, InstrumentedStore
 from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
+from blackboard_server.adapters.redis_access import RedisAccess, redact
+from blackboard_server.adapters.redis_durability import Durability
 from blackboard_server.api import convert
 from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
@@ -93,10 +95,30 @@ async def open_store(settings: Settings) -> StateStore:
     from blackboard_server.adapters.redis_store import RedisStore
 
     return await RedisStore.connect(
-        settings.redis_url,
+        redis_access(settings),
         retention=retention,
         dedupe_window_ms=window_ms,
         timeout_s=settings.redis_timeout_s,
+        durability=redis_durability(settings),
+    )
+
+
+def redis_access(settings: Settings) -> RedisAccess:
+    return RedisAccess.of(
+        settings.redis_url,
+        password_file=settings.redis_password_file,
+        tls_ca_file=settings.redis_tls_ca_file,
+        tls_cert_file=settings.redis_tls_cert_file,
+        tls_key_file=settings.redis_tls_key_file,
+    )
+
+
+def redis_durability(settings: Settings) -> Durability:
+    return Durability(
+        settings.durability,
+        settings.durability_check,
+        settings.redis_wait_replicas,
+        settings.redis_wait_timeout_ms,
     )
 
 
@@ -111,7 +133,13 @@ async def serve(
             listen=settings.listen,
         )
     else:
-        log.info("starting", listen=settings.listen, store="redis")
+        log.info(
+            "starting",
+            listen=settings.listen,
+            store="redis",
+            redis=redact(settings.redis_url),
+            durability=settings.durability,
+        )
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         metrics.changelog_retention.set(settings.retention)

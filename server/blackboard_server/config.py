@@ -28,6 +28,16 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     redis_url: str = ""  # empty: embedded mode (in-memory, not durable)
     redis_timeout_s: float = 5.0
+    # Redis access and durability (docs/backends.md). URLs: redis://, rediss://,
+    # unix://, redis+cluster://host:port,host:port (rediss+cluster:// with TLS).
+    redis_password_file: str = ""  # the password of the URL's user, kept out of the URL
+    redis_tls_ca_file: str = ""  # rediss:// only: the CA that signed Redis's certificate
+    redis_tls_cert_file: str = ""  # rediss:// only: a client certificate, if Redis asks
+    redis_tls_key_file: str = ""
+    durability: str = "durable"  # durable | fast: what a Redis crash may lose
+    durability_check: bool = True  # durable: refuse a Redis without AOF and appendfsync always
+    redis_wait_replicas: int = -1  # WAIT for this many replicas; -1: 1 if durable and replicated
+    redis_wait_timeout_ms: int = 1000
     etcd_endpoints: str = ""  # comma-separated host:port; empty: coordination in memory
     etcd_timeout_s: float = 5.0
     etcd_prefix: str = "/bb"  # every key the server writes in etcd starts with this
@@ -156,11 +166,23 @@ def validated(settings: Settings) -> Settings:
             raise SettingsError(f"{name}: must be a positive number of seconds")
     if not 0 <= int(port) <= 65535:
         raise SettingsError(f"listen: port {port} is out of range")
+    _validate_redis(settings)
     if settings.default_page_size > settings.max_page_size:
         raise SettingsError("default_page_size: must not exceed max_page_size")
     if settings.max_request_bytes < settings.max_value_bytes + 64 * 1024:
         raise SettingsError("max_request_bytes: must leave room for a value of max_value_bytes")
     return settings
+
+
+def _validate_redis(settings: Settings) -> None:
+    if settings.durability not in ("durable", "fast"):
+        raise SettingsError("durability: expected durable or fast")
+    if settings.redis_wait_replicas < -1:
+        raise SettingsError("redis_wait_replicas: expected -1 (auto), 0 or more")
+    if not 0 < settings.redis_wait_timeout_ms < settings.redis_timeout_s * 1000:
+        raise SettingsError(
+            "redis_wait_timeout_ms: must be positive and shorter than redis_timeout_s"
+        )
 
 
 def _is_loopback(host: str) -> bool:

@@ -28,6 +28,8 @@ def replicas(
     common = (
         "--redis-url",
         redis_server.url,
+        "--durability",
+        "fast",
         "--etcd-endpoints",
         ",".join(etcd.endpoints),
         "--etcd-prefix",

@@ -188,6 +188,8 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "max_page_size": "2000",
         "max_request_bytes": str(8 << 20),
         "max_session_ttl_ms": str(600_000),  # must stay above session_ttl_ms's default
+        "durability": "fast",
+        "redis_timeout_s": "7.5",  # must stay above redis_wait_timeout_ms's default
     }
     defaults = Settings()
     for f in dataclasses.fields(Settings):

@@ -1,0 +1,132 @@
+"""The server on a three-primary Redis Cluster: conversations spread over the
+shards, listing spans them, and subscribers see every write in order through
+sharded pub/sub."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from blackboard.v1 import blackboard_pb2 as pb
+from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
+from blackboard_server.adapters.redis_codec import Keys
+from blackboard_server.app import RunningServer, serve
+from blackboard_server.config import Settings
+from blackboard_server.domain.model import ConversationRef
+from tests.integration.test_stream import Recorder, wait_until
+from tests.servers import RedisClusterServers
+
+pytestmark = pytest.mark.timeout(120)
+CONVERSATIONS = 30
+WRITES = 40
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"tenant-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def server(redis_cluster: RedisClusterServers, tenant: str) -> AsyncIterator[RunningServer]:
+    settings = Settings(
+        listen="127.0.0.1:0",
+        redis_url=redis_cluster.url,
+        durability="fast",
+        tenant=tenant,
+        progress_interval_s=0.5,
+        uvloop=False,
+    )
+    async with serve(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def stub(server: RunningServer) -> AsyncIterator[pb_grpc.BlackboardStub]:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        yield pb_grpc.BlackboardStub(channel)
+
+
+async def test_conversations_spread_over_the_shards_and_list_across_them(
+    redis_cluster: RedisClusterServers, stub: pb_grpc.BlackboardStub, tenant: str
+) -> None:
+    ids = sorted(f"c-{i:02d}-{uuid.uuid4().hex[:6]}" for i in range(CONVERSATIONS))
+    for conversation_id in ids:
+        await stub.CreateConversation(pb.CreateConversationRequest(id=conversation_id))
+        await stub.Put(
+            pb.PutRequest(conversation_id=conversation_id, key="k", value=pb.Value(data=b"v"))
+        )
+
+    owners = {
+        redis_cluster.node_of(Keys.of("bb", ConversationRef(tenant, c)).meta).port for c in ids
+    }
+    assert owners == {n.port for n in redis_cluster.master_nodes()}
+    for conversation_id in ids:  # each conversation's keys are on its owner only
+        meta = Keys.of("bb", ConversationRef(tenant, conversation_id)).meta
+        holders = [
+            n.port
+            for n in redis_cluster.nodes
+            if redis_cluster.cli(n, "EXISTS", meta).strip() == "1"
+        ]
+        assert holders == [redis_cluster.node_of(meta).port]
+
+    listed: list[str] = []
+    token = ""
+    while True:
+        page = await stub.ListConversations(
+            pb.ListConversationsRequest(page_size=5, page_token=token)
+        )
+        listed += [c.id for c in page.conversations]
+        token = page.next_page_token
+        if not token:
+            break
+    assert listed == ids
+    assert all(
+        c.revision == 1
+        for c in (
+            await stub.ListConversations(pb.ListConversationsRequest(page_size=100))
+        ).conversations
+    )
+
+
+async def test_subscribers_on_every_shard_see_every_write_in_order(
+    redis_cluster: RedisClusterServers, stub: pb_grpc.BlackboardStub, tenant: str
+) -> None:
+    ids = [f"s-{i}-{uuid.uuid4().hex[:6]}" for i in range(6)]
+    for conversation_id in ids:
+        await stub.CreateConversation(pb.CreateConversationRequest(id=conversation_id))
+    recorders = [Recorder(stub, pb.SubscribeRequest(conversation_id=c)) for c in ids]
+    reading = [
+        asyncio.create_task(r.read(until=lambda r: len(r.events) >= WRITES)) for r in recorders
+    ]
+    await wait_until(lambda: all(r.synced is not None for r in recorders))
+
+    # Sharded pub/sub: each channel is subscribed on its own shard, none with SUBSCRIBE.
+    for conversation_id in ids:
+        keys = Keys.of("bb", ConversationRef(tenant, conversation_id))
+        owner = redis_cluster.node_of(keys.meta)
+        assert keys.channel.decode() in redis_cluster.cli(owner, "PUBSUB", "SHARDCHANNELS")
+    for node in redis_cluster.master_nodes():
+        assert redis_cluster.cli(node, "PUBSUB", "CHANNELS", "bb:*").strip() == ""
+
+    async def write(conversation_id: str) -> None:
+        for n in range(WRITES):
+            await stub.Put(
+                pb.PutRequest(
+                    conversation_id=conversation_id,
+                    key=f"k{n % 5}",
+                    value=pb.Value(data=str(n).encode()),
+                )
+            )
+
+    await asyncio.gather(*(write(c) for c in ids))
+    async with asyncio.timeout(30):
+        await asyncio.gather(*reading)
+    for recorder in recorders:
+        assert recorder.error is None
+        assert recorder.revisions == list(range(1, WRITES + 1))
+        values = [e.changes[0].entry.value.data for e in recorder.events]
+        assert values == [str(n).encode() for n in range(WRITES)]
