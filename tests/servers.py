@@ -375,28 +375,45 @@ class RedisClusterServers:
         )
         return result.stdout
 
+    def live(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
     def healthy(self) -> bool:
-        """Every live node reports the cluster ok, with every replica attached."""
+        """Every live node sees the cluster ok and every other live node connected,
+        and every primary has its replicas attached."""
+        live = self.live()
         try:
-            for node in self.nodes:
-                if node.proc is None or node.proc.poll() is not None:
-                    continue
+            for node in live:
                 if "cluster_state:ok" not in self.cli(node, "CLUSTER", "INFO"):
                     return False
-            expected = sum(1 for n in self.nodes if n.proc is not None and n.proc.poll() is None)
-            return self.cli(self.nodes[0], "CLUSTER", "NODES").count("connected") >= expected
-        except (subprocess.SubprocessError, OSError):
+                rows = [r.split() for r in self.cli(node, "CLUSTER", "NODES").splitlines()]
+                if sum(1 for r in rows if r[7] == "connected" and "fail" not in r[2]) < len(live):
+                    return False
+            for node in self.master_nodes():
+                info = self.cli(node, "INFO", "replication")
+                if info.count("state=online") < self.replicas:
+                    return False
+            # Every node's slot map lists every primary's replicas.
+            width = 2 + 3 * (1 + self.replicas)  # low, high, then host, port, id of each node
+            return all(
+                len(self.cli(n, "--raw", "CLUSTER", "SLOTS").split()) == self.masters * width
+                for n in live
+            )
+        except (subprocess.SubprocessError, OSError, IndexError):
             return False
 
     def role_of(self, node: RedisServer) -> str:
         return self.cli(node, "ROLE").split("\n", 1)[0].strip()
 
     def master_nodes(self) -> list[RedisServer]:
-        return [
-            n
-            for n in self.nodes
-            if n.proc is not None and n.proc.poll() is None and self.role_of(n) == "master"
-        ]
+        return [n for n in self.live() if self.role_of(n) == "master"]
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        for node in self.live():
+            role = self.cli(node, "ROLE").split()
+            if role[0] == "slave" and role[2] == str(primary.port):
+                return node
+        raise LookupError(f"no replica of the node on {primary.port}")
 
     def node_of(self, key: str) -> RedisServer:
         """The master that owns the key's slot now."""

@@ -29,7 +29,7 @@ _DURABLE = {"appendonly": "yes", "appendfsync": "always"}
 class Durability:
     mode: str = "fast"  # fast | durable
     check: bool = True  # durable only: refuse a Redis not configured for it
-    wait_replicas: int = 0  # AUTO: 1 in durable mode when every primary has a replica
+    wait_replicas: int = 0  # AUTO: durable mode, 1 when every primary has a replica; fast, 0
     wait_timeout_ms: int = 1000
 
     @property
@@ -43,19 +43,24 @@ async def prepare(client: Redis | RedisCluster, durability: Durability, where: s
         await _check_persistence(client, where)
     replicas = durability.wait_replicas
     if replicas == AUTO:
-        every_primary = await _replicas_of_every_primary(client)
-        replicas = 1 if durability.durable and every_primary >= 1 else 0
-        if durability.durable and not replicas:
-            log.info("durable mode without replicas: writes are acknowledged once fsynced")
+        replicas = await _replicas_of_every_primary(client) if durability.durable else 0
+    log.info(
+        "redis durability",
+        mode=durability.mode,
+        checked=durability.durable and durability.check,
+        wait_replicas=replicas,
+    )
     return replicas
 
 
 async def _check_persistence(client: Redis | RedisCluster, where: str) -> None:
     try:
+        replies: dict[str, Any] = {}
         if isinstance(client, RedisCluster):
-            replies: Any = await client.execute_command(
-                "CONFIG", "GET", *_DURABLE, target_nodes=RedisCluster.ALL_NODES
-            )
+            for node in client.get_nodes():  # replicas too: one may become the primary
+                replies[node.name] = await client.execute_command(
+                    "CONFIG GET", *_DURABLE, target_nodes=node
+                )
         else:
             config = await client.execute_command("CONFIG", "GET", *_DURABLE)  # type: ignore[no-untyped-call]
             replies = {where: config}
@@ -66,13 +71,13 @@ async def _check_persistence(client: Redis | RedisCluster, where: str) -> None:
             "+config|get, or make sure every node has appendonly yes and appendfsync always "
             "and set durability_check=off"
         ) from None
-    for node, reply in replies.items():
-        config = _as_dict(reply)
-        wrong = {k: config.get(k, "?") for k, v in _DURABLE.items() if config.get(k) != v}
+    for name, reply in replies.items():
+        settings = _as_dict(reply)
+        wrong = {k: settings.get(k, "?") for k, v in _DURABLE.items() if settings.get(k) != v}
         if wrong:
             found = ", ".join(f"{k} {v}" for k, v in wrong.items())
             raise SettingsError(
-                f"durability=durable, but the Redis at {node} has {found}: an acknowledged "
+                f"durability=durable, but the Redis at {name} has {found}: an acknowledged "
                 "write could be lost in a crash. Configure appendonly yes and appendfsync "
                 "always (deploy/redis/durable.conf), or run with durability=fast, or set "
                 "durability_check=off if the check is wrong"
@@ -80,19 +85,31 @@ async def _check_persistence(client: Redis | RedisCluster, where: str) -> None:
 
 
 async def _replicas_of_every_primary(client: Redis | RedisCluster) -> int:
-    """The fewest replicas any primary has (0 if that cannot be read)."""
+    """0 or 1: whether every primary has a replica (0 if that cannot be read).
+
+    A cluster's slot map lists each primary's replicas; primaries that
+    disagree (some with, some without) are refused: set redis_wait_replicas.
+    One Redis is asked with ROLE, which lists the replicas in sync.
+    """
+    if isinstance(client, RedisCluster):
+        counts = {
+            nodes[0].name: len(nodes) - 1
+            for nodes in client.nodes_manager.slots_cache.values()
+            if nodes
+        }
+        if len({min(count, 1) for count in counts.values()}) > 1:
+            bare = sorted(name for name, count in counts.items() if not count)
+            raise SettingsError(
+                f"redis_wait_replicas=-1 (auto): the cluster's primaries {', '.join(bare)} have "
+                "no replica while others do; set redis_wait_replicas to 0 or 1"
+            )
+        return min(1, min(counts.values(), default=0))
     try:
-        if isinstance(client, RedisCluster):
-            manager = client.nodes_manager
-            counts = {
-                nodes[0].name: len(nodes) - 1 for nodes in manager.slots_cache.values() if nodes
-            }
-            return min(counts.values(), default=0)
         role = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
     except RedisError as exc:
         log.warning("cannot read the Redis replication role", error=str(exc))
         return 0
-    return len(role[2]) if role and role[0] in (b"master", "master") else 0
+    return min(1, len(role[2])) if _text(role[0]) == "master" else 0
 
 
 def _as_dict(reply: Any) -> dict[str, str]:

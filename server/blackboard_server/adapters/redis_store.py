@@ -45,7 +45,7 @@ from blackboard_server.adapters.redis_access import RedisAccess
 from blackboard_server.adapters.redis_cluster import ClusterPipe, ShardedNotifications, Topology
 from blackboard_server.adapters.redis_durability import Durability, prepare
 from blackboard_server.adapters.redis_notify import Book, Notifications, PlainNotifications
-from blackboard_server.adapters.redis_pipe import Script, ScriptPipe
+from blackboard_server.adapters.redis_pipe import Arg, Script, ScriptPipe
 from blackboard_server.config import SettingsError
 from blackboard_server.domain.errors import (
     BackendUnavailable,
@@ -100,11 +100,14 @@ class RedisStore:
         self._publish = "SPUBLISH" if isinstance(client, RedisCluster) else "PUBLISH"
         self._ttl_index = f"{prefix}:ttl"
         self._known_keys: dict[ConversationRef, codec.Keys] = {}
-        self._scripts = {
-            name: client.register_script(_source(name))
-            for name in ("conversation", "read", "events", "expire")
+        # Reads go through redis-py; every write through the pipe, which
+        # waits for replicas when durability asks it to.
+        self._scripts = {name: client.register_script(_source(name)) for name in ("read", "events")}
+        self._writes = {
+            name: Script.of(name, _source(name))
+            for name in ("commit", "conversation", "expire", "index")
         }
-        self._commit_script = Script.of("commit", _source("commit"))
+        self._commit_script = self._writes["commit"]
 
     @classmethod
     async def connect(
@@ -197,6 +200,12 @@ class RedisStore:
             _raise_if_transient(exc)
             raise
 
+    async def _write(self, script: str, keys: Sequence[str], *args: Arg) -> Any:
+        return await self._pipe.evalsha(self._writes[script], keys, *args)
+
+    async def _index(self, op: str, index: str, member: str) -> None:
+        await self._write("index", [index], op, member)
+
     async def _run(self, script: str, keys: Sequence[str], *args: object) -> Any:
         # AsyncScript re-loads the script when Redis answers NOSCRIPT (after a restart).
         return await self._scripts[script](keys=keys, args=args)  # type: ignore[arg-type]
@@ -222,13 +231,13 @@ class RedisStore:
         async with self._guard():
             # Indexed before it exists: a crash in between leaves an id that
             # listing skips, never a conversation that listing misses.
-            await self._client.zadd(index, {ref.id: 0})
-            created = await self._run(
+            await self._index("add", index, ref.id)
+            created = await self._write(
                 "conversation", keys.all, "create", now_ms, idle_ttl_ms, packed
             )
             if created:
                 # A delete of the same id racing this create may have removed it.
-                await self._client.zadd(index, {ref.id: 0})
+                await self._index("add", index, ref.id)
         if not created:
             raise ConversationExists(ref.id)
         return Conversation(ref, dict(metadata), now_ms, now_ms, idle_ttl_ms, 0, 0)
@@ -270,14 +279,14 @@ class RedisStore:
     async def delete_conversation(self, ref: ConversationRef) -> None:
         keys, index = self._keys(ref), self._tenant_index(ref.tenant)
         async with self._guard():
-            deleted = await self._run(
+            deleted = await self._write(
                 "conversation", keys.all, "delete", keys.channel, self._publish
             )
             if deleted:
-                await self._client.zrem(index, ref.id)
+                await self._index("remove", index, ref.id)
                 # A create of the same id racing this delete must stay listed.
                 if await self._client.exists(keys.meta):
-                    await self._client.zadd(index, {ref.id: 0})
+                    await self._index("add", index, ref.id)
         if not deleted:
             raise ConversationNotFound(ref.id)
 
@@ -349,7 +358,7 @@ class RedisStore:
         keys = self._keys(codec.Keys.ref_of(member))
         async with self._guard():
             await self._client.zrem(self._ttl_index, member)
-            deleted, following = await self._run(
+            deleted, following = await self._write(
                 "expire",
                 keys.named("m", "d", "k", "l", "x", "b"),
                 now_ms,
