@@ -21,12 +21,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: object, timeout: float, what: str) -> None:
+def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
             return
-        time.sleep(0.02)
+        time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout}s")
 
 
@@ -99,7 +99,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                # NOAUTH: up, and wanting a password (requirepass).
+                return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -323,6 +324,8 @@ class RedisClusterServers:
             *("--cluster-node-timeout", str(node_timeout_ms)),
             # A replica takes over however long it was cut off: the tests kill masters.
             *("--cluster-replica-validity-factor", "0"),
+            # Replicas sync at once, not after the default 5 s wait for more of them.
+            *("--repl-diskless-sync-delay", "0"),
         )
         # The bus port is given: the default (port + 10000) may be taken or out of range.
         self.nodes = [
@@ -345,7 +348,6 @@ class RedisClusterServers:
         subprocess.run(
             [
                 require("redis-cli"),
-                *self.cli_auth,
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in self.nodes),
@@ -357,17 +359,12 @@ class RedisClusterServers:
             capture_output=True,
             timeout=60,
         )
-        wait_for(self.healthy, 30, "redis cluster")
+        wait_for(self.healthy, 60, "redis cluster", interval=0.2)
         return self
-
-    @property
-    def cli_auth(self) -> list[str]:
-        """Arguments that let redis-cli in; none for a cluster without a password."""
-        return []
 
     def cli(self, node: RedisServer, *args: str) -> str:
         result = subprocess.run(
-            [require("redis-cli"), *self.cli_auth, "-p", str(node.port), *args],
+            [require("redis-cli"), "-p", str(node.port), *args],
             check=True,
             capture_output=True,
             text=True,

@@ -10,6 +10,7 @@ import sys
 from blackboard_server import logs
 from blackboard_server.app import serve
 from blackboard_server.config import Settings, SettingsError
+from blackboard_server.domain.errors import BackendUnavailable
 
 
 async def _run(settings: Settings) -> None:
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:  # found at start-up: e.g. Redis refused the credentials
         print(f"blackboard-server: {error}", file=sys.stderr)
         return 2
+    except BackendUnavailable as error:  # at start-up: nothing to serve with
+        print(f"blackboard-server: cannot start: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

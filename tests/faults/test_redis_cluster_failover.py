@@ -166,7 +166,7 @@ async def test_a_killed_primary_fails_over_to_its_replica(mode: str, tmp_path: P
             )
             promoted_s = time.monotonic() - killed_at
             victim.start()  # back as the new primary's replica
-            await asyncio.to_thread(wait_for, cluster.healthy, 60, "the cluster, healed")
+            await asyncio.to_thread(wait_for, cluster.healthy, 60, "the cluster, healed", 0.2)
             # Writes succeed again on every shard, the victim's included.
             healed = time.monotonic()
             async with asyncio.timeout(30):

@@ -445,9 +445,15 @@ async def _prepare(
                     "use redis+cluster://host:port,... (or rediss+cluster://)"
                 )
             return await prepare(client, durability, where)
-    except (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError) as exc:
+    except (AuthenticationError, AuthenticationWrongNumberOfArgsError) as exc:
         raise SettingsError(
-            f"redis_url: the Redis at {where} refused user {access.username!r}: {exc}"
+            f"redis_url: the Redis at {where} refused the credentials of user "
+            f"{access.username!r}: {exc}"
+        ) from None
+    except NoPermissionError as exc:
+        raise SettingsError(
+            f"redis_url: Redis user {access.username!r} at {where} lacks a permission the "
+            f"server needs ({exc}); docs/backends.md lists the ACL to give it"
         ) from None
     except ResponseError as exc:
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
