@@ -5,8 +5,10 @@ sharded pub/sub."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -18,7 +20,7 @@ from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings
 from blackboard_server.domain.model import ConversationRef
 from tests.integration.test_stream import Recorder, wait_until
-from tests.servers import RedisClusterServers
+from tests.servers import RedisClusterServers, RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 CONVERSATIONS = 30
@@ -130,3 +132,75 @@ async def test_subscribers_on_every_shard_see_every_write_in_order(
         assert recorder.revisions == list(range(1, WRITES + 1))
         values = [e.changes[0].entry.value.data for e in recorder.events]
         assert values == [str(n).encode() for n in range(WRITES)]
+
+
+def migrate_slot(cluster: RedisClusterServers, key: str, target: RedisServer) -> None:
+    """Moves the key's slot to `target` as `redis-cli --cluster reshard` does, with a
+    pause between moving the keys and handing the slot over (ASK and TRYAGAIN then)."""
+    source = cluster.node_of(key)
+    slot = cluster.cli(source, "CLUSTER", "KEYSLOT", key).strip()
+    source_id = cluster.cli(source, "CLUSTER", "MYID").strip()
+    target_id = cluster.cli(target, "CLUSTER", "MYID").strip()
+    cluster.cli(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+    cluster.cli(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    keys = cluster.cli(source, "CLUSTER", "GETKEYSINSLOT", slot, "1000").split()
+    assert keys
+    cluster.cli(source, "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "KEYS", *keys)
+    time.sleep(0.3)
+    for node in cluster.master_nodes():
+        cluster.cli(node, "CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
+
+async def test_a_conversation_moved_to_another_shard_keeps_its_writes_and_subscribers(
+    tmp_path: Path,
+) -> None:
+    cluster = RedisClusterServers(tmp_path / "cluster").start()
+    settings = Settings(
+        listen="127.0.0.1:0", redis_url=cluster.url, durability="fast", uvloop=False
+    )
+    try:
+        async with serve(settings) as server, grpc.aio.insecure_channel(server.address) as ch:
+            bb = pb_grpc.BlackboardStub(ch)
+            conv = f"moving-{uuid.uuid4().hex[:6]}"
+            await bb.CreateConversation(pb.CreateConversationRequest(id=conv))
+            keys = Keys.of("bb", ConversationRef(settings.tenant, conv))
+            source = cluster.node_of(keys.meta)
+            target = next(n for n in cluster.master_nodes() if n.port != source.port)
+            recorder = Recorder(bb, pb.SubscribeRequest(conversation_id=conv, start_revision=1))
+            total = 120  # and one more once the slot has moved
+            reading = asyncio.create_task(recorder.read(until=lambda r: len(r.events) >= total + 1))
+
+            async def write() -> None:
+                for n in range(total):
+                    if n == 30:
+                        moving = asyncio.create_task(
+                            asyncio.to_thread(migrate_slot, cluster, keys.meta, target)
+                        )
+                    value = pb.Value(data=str(n).encode())
+                    await bb.Put(pb.PutRequest(conversation_id=conv, key="k", value=value))
+                    await asyncio.sleep(0.01)
+                await moving
+
+            await write()
+            await wait_until(lambda: len(recorder.events) == total)
+            # The server's subscription followed the slot: SSUBSCRIBE on the new owner.
+            channel = keys.channel.decode()
+            await wait_until(
+                lambda: channel in cluster.cli(target, "PUBSUB", "SHARDCHANNELS"), timeout=10
+            )
+            assert channel not in cluster.cli(source, "PUBSUB", "SHARDCHANNELS")
+            value = pb.Value(data=str(total).encode())
+            await bb.Put(pb.PutRequest(conversation_id=conv, key="k", value=value))
+            async with asyncio.timeout(30):
+                await reading
+        assert cluster.node_of(keys.meta).port == target.port
+        slot = cluster.cli(source, "CLUSTER", "KEYSLOT", keys.meta).strip()
+        assert cluster.cli(source, "CLUSTER", "COUNTKEYSINSLOT", slot).strip() == "0"
+        assert cluster.cli(target, "EXISTS", keys.meta).strip() == "1"
+        assert recorder.error is None
+        assert recorder.revisions == list(range(1, total + 2))
+        assert [e.changes[0].entry.value.data for e in recorder.events] == [
+            str(n).encode() for n in range(total + 1)
+        ]
+    finally:
+        cluster.stop()

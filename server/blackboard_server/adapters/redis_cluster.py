@@ -7,8 +7,9 @@ MOVED reply, a lost node or a dropped subscription.
 
 - Script calls go over one pipelined connection per primary (redis_pipe.py).
   MOVED and ASK mean the script did not run, so the call is sent again to the
-  node named (after ASKING, for ASK). A lost connection is not retried: the
-  script may have run (the caller retries with its request id).
+  node named (after ASKING, for ASK); so does TRYAGAIN (a slot in migration),
+  after a pause, within the call's timeout. A lost connection is not retried:
+  the script may have run (the caller retries with its request id).
 - Notifications use sharded pub/sub (SSUBSCRIBE, SPUBLISH: Redis >= 7), one
   connection per primary carrying the channels of its slots.
 """
@@ -32,8 +33,10 @@ from blackboard_server.adapters.redis_pipe import Arg, Script, ScriptPipe
 from blackboard_server.domain.errors import BackendUnavailable
 
 log = structlog.get_logger("blackboard.redis")
-_MAX_REDIRECTS = 5
+_REDIRECTS_WITHOUT_PAUSE = 2
 _REFRESH_AT_MOST_EVERY_S = 0.1
+_TRYAGAIN_PAUSE_S = 0.02
+_RECHECK_S = 5.0  # how often the subscriptions' placement is checked anyway
 
 
 class Topology:
@@ -82,7 +85,7 @@ class ClusterPipe:
     ) -> None:
         self._topology = topology
         self._access = access
-        self._options = {
+        self._options: dict[str, Any] = {
             "timeout_s": timeout_s,
             "replicas": replicas,
             "wait_timeout_ms": wait_timeout_ms,
@@ -91,13 +94,26 @@ class ClusterPipe:
 
     async def evalsha(self, script: Script, keys: Sequence[str], *args: Arg) -> Any:
         at, asking = self._topology.primary(keys[0]), False
-        for _ in range(_MAX_REDIRECTS):
+        redirects, deadline = 0, time.monotonic() + self._options["timeout_s"]
+        while True:
             try:
                 return await self._pipe(at).evalsha(script, keys, *args, asking=asking)
             except ResponseError as exc:
+                # TRYAGAIN: the slot is being migrated and its keys are split
+                # between the two nodes; the script did not run.
+                if str(exc).startswith("TRYAGAIN") and time.monotonic() < deadline:
+                    await asyncio.sleep(_TRYAGAIN_PAUSE_S)
+                    at, asking = self._topology.primary(keys[0]), False
+                    continue
                 redirect = _redirection(exc)
                 if redirect is None:
                     raise
+                redirects += 1
+                if time.monotonic() >= deadline:
+                    raise BackendUnavailable("redis", f"redirected {redirects} times") from exc
+                if redirects > _REDIRECTS_WITHOUT_PAUSE:
+                    # The nodes disagree for a moment while a slot changes hands.
+                    await asyncio.sleep(_TRYAGAIN_PAUSE_S)
                 kind, at = redirect
                 asking = kind == "ASK"
                 if not asking:
@@ -105,12 +121,11 @@ class ClusterPipe:
             except BackendUnavailable:
                 await self._topology.refresh()  # the node may be gone: the next call goes on
                 raise
-        raise BackendUnavailable("redis", f"more than {_MAX_REDIRECTS} cluster redirections")
 
     def _pipe(self, at: tuple[str, int]) -> ScriptPipe:
         pipe = self._pipes.get(at)
         if pipe is None:
-            pipe = self._pipes[at] = ScriptPipe(self._access.endpoint(*at), **self._options)  # type: ignore[arg-type]
+            pipe = self._pipes[at] = ScriptPipe(self._access.endpoint(*at), **self._options)
         return pipe
 
     async def aclose(self) -> None:
@@ -160,18 +175,25 @@ class ShardedNotifications(Notifications):
     async def _move_forever(self) -> None:
         """After trouble: reads the slot map and moves channels to their owners."""
         while True:
-            await self._trouble.wait()
+            # Also now and then without trouble: a slot may move without Redis
+            # dropping the subscription on the node that gave it away.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_RECHECK_S):
+                    await self._trouble.wait()
             self._trouble.clear()
             await self._topology.refresh()
             try:
                 for channel in list(self.book.watched):
                     await self.place(channel)
+                for at, reader in list(self._readers.items()):
+                    if not reader.channels:
+                        del self._readers[at]
+                        await self.stop_reader(reader)
             except BackendUnavailable:  # a slot without an owner: try again
                 self._trouble.set()
-            for at, reader in list(self._readers.items()):
-                if not reader.channels:
-                    del self._readers[at]
-                    await self.stop_reader(reader)
+            except Exception:
+                log.exception("moving subscriptions failed; trying again")
+                self._trouble.set()
             await asyncio.sleep(_REFRESH_AT_MOST_EVERY_S)
 
     async def aclose(self) -> None:
