@@ -7,14 +7,14 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_SRC := $(wildcard protos/blackboard/*/*.proto)
 
-.PHONY: all setup servers protos check-protos run test lint typecheck unit demo bench clean
+.PHONY: all setup servers protos check-protos run test lint typecheck unit demo bench bench-full clean
 
 all: test
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,fast]'
+	$(BIN)/pip install -q -e '.[dev,fast,loadtest]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -40,7 +40,7 @@ check-protos: protos
 lint: $(STAMP)
 	$(BIN)/ruff check server clients tests
 	$(BIN)/ruff format --check server clients tests
-	$(BIN)/mypy server/blackboard_server clients/blackboard_client
+	$(BIN)/mypy server/blackboard_server clients/blackboard_client clients/loadtest
 
 run: $(STAMP)
 	$(BIN)/blackboard-server
@@ -54,8 +54,13 @@ unit: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m blackboard_client.demo
 
+# A short fixed run of bb-loadtest (under 3 minutes) and the target table; bench-full
+# adds 1000 subscribers, 10,000 idle subscribers and 100,000 conversations.
 bench: $(STAMP) servers
-	$(BIN)/python -m tests.bench
+	$(BIN)/bb-loadtest bench
+
+bench-full: $(STAMP) servers
+	$(BIN)/bb-loadtest bench --full
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

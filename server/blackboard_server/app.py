@@ -34,6 +34,7 @@ from blackboard_server.config import Settings
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
 from blackboard_server.services.blackboard import BlackboardService
+from blackboard_server.services.census import count_forever
 from blackboard_server.services.coordination import CoordinationService, record_observations
 from blackboard_server.services.hub import Hub
 from blackboard_server.services.subscription import StreamLimits, Subscriptions
@@ -145,7 +146,8 @@ async def serve(
         metrics.changelog_retention.set(settings.retention)
         tracing = open_tracing(settings.tracing, settings.otlp_endpoint, span_exporter)
         if tracing is not None:
-            stack.callback(tracing.close)
+            # The last export is a blocking call: off the event loop, which may still serve.
+            stack.push_async_callback(asyncio.to_thread, tracing.close)
         store: StateStore = InstrumentedStore(
             await open_store(settings), "memory" if settings.embedded else "redis", metrics, tracing
         )
@@ -247,12 +249,21 @@ async def serve(
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
         background = await stack.enter_async_context(asyncio.TaskGroup())
-        sweeper = background.create_task(
-            sweep_forever(store, clock, settings.sweep_interval_s), name="ttl-sweeper"
-        )
-        recorder = background.create_task(
-            record_observations(coordinator, store, clock), name="coordination-recorder"
-        )
+        chores = [
+            background.create_task(
+                sweep_forever(store, clock, settings.sweep_interval_s), name="ttl-sweeper"
+            ),
+            background.create_task(
+                record_observations(coordinator, store, clock), name="coordination-recorder"
+            ),
+        ]
+        if metrics_port:
+            chores.append(
+                background.create_task(
+                    count_forever(coordinator, metrics, settings.census_interval_s),
+                    name="census",
+                )
+            )
         running = RunningServer(settings, port, store, hub, health_servicer, metrics, metrics_port)
         log.info("serving", address=running.address, metrics_port=metrics_port or None)
         try:
@@ -262,6 +273,6 @@ async def serve(
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             hub.close()
             await server.stop(settings.shutdown_grace_s)
-            sweeper.cancel()
-            recorder.cancel()
+            for chore in chores:
+                chore.cancel()
             log.info("stopped", address=running.address)

@@ -51,6 +51,7 @@ class Settings:
     # Observability (docs/operations.md).
     metrics_port: int = 0  # Prometheus /metrics over HTTP on this port; 0: off
     metrics_host: str = ""  # empty: the host of `listen`
+    census_interval_s: float = 15.0  # how often the session/lock/leader gauges are counted
     tracing: str = "off"  # off | console | otlp
     otlp_endpoint: str = ""  # empty: the exporter's default (OTEL_EXPORTER_OTLP_ENDPOINT)
     tenant: str = "default"
@@ -161,6 +162,7 @@ def validated(settings: Settings) -> Settings:
         "progress_interval_s",
         "sweep_interval_s",
         "shutdown_grace_s",
+        "census_interval_s",
     ):
         if not 0 < getattr(settings, name) < float("inf"):
             raise SettingsError(f"{name}: must be a positive number of seconds")

@@ -148,6 +148,21 @@ class Metrics:
             ("kind",),
             registry=r,
         )
+        self.sessions = Gauge(
+            "blackboard_sessions",
+            "Live sessions across the deployment, as last counted (every replica counts all).",
+            registry=r,
+        )
+        self.locks_held = Gauge(
+            "blackboard_locks_held",
+            "Locks with a holder across the deployment, as last counted.",
+            registry=r,
+        )
+        self.leaders = Gauge(
+            "blackboard_leaders",
+            "Election roles with a leader across the deployment, as last counted.",
+            registry=r,
+        )
         # --- backends -----------------------------------------------------------------
         self.backend_seconds = Histogram(
             "blackboard_backend_call_seconds",

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from blackboard_server.domain.coordination import Holder, SessionInfo
+from blackboard_server.domain.coordination import Census, Holder, SessionInfo
 from blackboard_server.domain.model import (
     CommitResult,
     Conversation,
@@ -173,6 +173,13 @@ class Coordinator(Protocol):
         self, ref: ConversationRef, kind: FenceKind, name: str
     ) -> AbstractAsyncContextManager[AsyncIterator[Holder | None]]:
         """The holder now, then every change of holder or value (None: nobody)."""
+        ...
+
+    async def census(self) -> Census:
+        """Counts live sessions, held locks and led roles over every tenant.
+
+        For gauges: it reads all coordination state, so call it seldom.
+        """
         ...
 
     def running(self) -> AbstractAsyncContextManager[object]:

@@ -85,7 +85,7 @@ def open_tracing(mode: str, endpoint: str, exporter: SpanExporter | None = None)
 
         return Tracing(ConsoleSpanExporter(), batch=True, service_name="blackboard")
     try:
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
             OTLPSpanExporter,
         )
     except ImportError as missing:

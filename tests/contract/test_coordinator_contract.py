@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from blackboard_server.domain.coordination import Census
 from blackboard_server.domain.errors import LockHeld, NotHolder, SessionNotFound, WaitExpired
 from blackboard_server.domain.model import (
     ConversationRef,
@@ -242,6 +243,25 @@ async def test_closed_session_drops_its_claims(coordinator: Coordinator) -> None
     assert (await asyncio.wait_for(waiting, 3)).session_id == b.session_id
     with pytest.raises(SessionNotFound):
         await coordinator.acquire(ref, LOCK, "other", a.session_id, b"", 0)
+
+
+async def test_census_counts_sessions_held_locks_and_leaders(coordinator: Coordinator) -> None:
+    assert await coordinator.census() == Census()
+    ref, other = new_ref(), ConversationRef("t2", "elsewhere")
+    a = await coordinator.open_session(ref, "a", TTL * 5)
+    b = await coordinator.open_session(ref, "b", TTL * 5)
+    c = await coordinator.open_session(other, "c", TTL * 5)
+    await coordinator.acquire(ref, LOCK, "l", a.session_id, b"", 0)
+    waiting = asyncio.create_task(coordinator.acquire(ref, LOCK, "l", b.session_id, b"", 5000))
+    await coordinator.acquire(other, LOCK, "l", c.session_id, b"", 0)
+    await coordinator.acquire(ref, ELECTION, "leader", b.session_id, b"v", 0)
+    await asyncio.sleep(0.1)  # the waiter's claim is queued: it holds nothing yet
+    assert await coordinator.census() == Census(sessions=3, locks_held=2, leaders=1)
+    await coordinator.close_session(ref, b.session_id)  # its claims and its role go with it
+    with pytest.raises(SessionNotFound):
+        await waiting
+    await coordinator.close_session(other, c.session_id)
+    assert await coordinator.census() == Census(sessions=1, locks_held=1, leaders=0)
 
 
 # --- elections -------------------------------------------------------------------

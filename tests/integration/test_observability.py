@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
@@ -173,6 +174,44 @@ async def test_metrics_move_by_exactly_the_workload(make_server: Any) -> None:
         assert d.rpc("grpc_server_started_total", BB, *sub) == 2
 
 
+@pytest.mark.parametrize("coordinator", ["memory", "etcd"])
+async def test_coordination_gauges_count_what_is_live(
+    make_server: Any, coordinator: str, request: pytest.FixtureRequest
+) -> None:
+    etcd = ",".join(request.getfixturevalue("etcd").endpoints) if coordinator == "etcd" else ""
+    settings = {"etcd_endpoints": etcd, "etcd_prefix": f"/bb-{uuid.uuid4().hex[:8]}"}
+    async with (
+        make_server(metrics_port=free_port(), census_interval_s=0.1, **settings) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+    ):
+        bb, co = pb_grpc.BlackboardStub(channel), pb_grpc.CoordinationStub(channel)
+        conv = await new_conv(bb)
+        gauges = ("blackboard_sessions", "blackboard_locks_held", "blackboard_leaders")
+
+        async def counted(expected: tuple[float, ...]) -> None:
+            seen: tuple[float, ...] = ()
+            async with asyncio.timeout(10):
+                while seen != expected:
+                    samples = await scrape(running.metrics_port)
+                    seen = tuple(samples.get((g, frozenset()), -1.0) for g in gauges)
+                    await asyncio.sleep(0.05)
+
+        await counted((0, 0, 0))
+        s1 = await co.OpenSession(pb.OpenSessionRequest(conversation_id=conv, ttl_ms=10_000))
+        s2 = await co.OpenSession(pb.OpenSessionRequest(conversation_id=conv, ttl_ms=10_000))
+        await co.AcquireLock(
+            pb.AcquireLockRequest(conversation_id=conv, name="job", session_id=s1.session_id)
+        )
+        await co.Campaign(
+            pb.CampaignRequest(conversation_id=conv, role="lead", session_id=s2.session_id)
+        )
+        await counted((2, 1, 1))
+        await co.CloseSession(
+            pb.CloseSessionRequest(conversation_id=conv, session_id=s1.session_id)
+        )
+        await counted((1, 0, 1))
+
+
 async def test_tracing_a_put_yields_an_rpc_span_with_a_child_store_span(backend: str) -> None:
     exporter = InMemorySpanExporter()
     settings = Settings(listen="127.0.0.1:0", redis_url=backend, durability="fast", uvloop=False)
@@ -195,6 +234,49 @@ async def test_tracing_a_put_yields_an_rpc_span_with_a_child_store_span(backend:
     assert children[0].kind == SpanKind.CLIENT
     assert children[0].context is not None
     assert children[0].context.trace_id == parent.trace_id
+
+
+class Collector:
+    """An OTLP/gRPC trace collector: keeps the span names it is sent."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    async def Export(self, request: Any, context: Any) -> Any:
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                self.names.extend(span.name for span in scope.spans)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_otlp_exports_the_spans_to_a_collector() -> None:
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+    collector, receiver = Collector(), grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)  # type: ignore[no-untyped-call]
+    port = receiver.add_insecure_port("127.0.0.1:0")
+    await receiver.start()
+    try:
+        settings = Settings(
+            listen="127.0.0.1:0",
+            uvloop=False,
+            tracing="otlp",
+            otlp_endpoint=f"http://127.0.0.1:{port}",
+        )
+        async with (
+            serve(settings) as running,
+            grpc.aio.insecure_channel(running.address) as channel,
+        ):
+            bb = pb_grpc.BlackboardStub(channel)
+            conv = await new_conv(bb)
+            await put(bb, conv, "k", "v")
+        # Closing the server flushes the batch of spans to the collector.
+        assert f"{BB}/Put" in collector.names and "memory commit" in collector.names
+        assert f"{BB}/CreateConversation" in collector.names
+    finally:
+        await receiver.stop(None)
 
 
 def test_tracing_is_off_by_default() -> None:

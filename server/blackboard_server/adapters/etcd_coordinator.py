@@ -44,6 +44,7 @@ from blackboard_server.adapters.etcd_coord import claims
 from blackboard_server.adapters.etcd_coord.keys import (
     ClaimKey,
     Layout,
+    SessionKey,
     decode_session,
     encode_claim,
     encode_session,
@@ -52,7 +53,7 @@ from blackboard_server.adapters.etcd_coord.keys import (
     session_id_of,
 )
 from blackboard_server.adapters.etcd_coord.recorder import Recorder
-from blackboard_server.domain.coordination import Holder, SessionInfo
+from blackboard_server.domain.coordination import Census, Holder, SessionInfo
 from blackboard_server.domain.errors import (
     BackendUnavailable,
     LockHeld,
@@ -63,6 +64,7 @@ from blackboard_server.domain.errors import (
 from blackboard_server.domain.model import ConversationRef, FenceKind, WriteBatch
 
 _AGENTS_CACHED = 4096
+_CENSUS_PAGE = 5000  # keys per etcd read when counting
 
 
 class EtcdCoordinator:
@@ -312,6 +314,33 @@ class EtcdCoordinator:
         if kv is None:
             raise NotHolder(name, token)
         return holder_of(ref, FenceKind.ELECTION, name, kv)
+
+    async def census(self) -> Census:
+        """Pages through every key under the conversations' root, keys only."""
+        sessions = 0
+        queues: set[tuple[ConversationRef, FenceKind, str]] = set()
+        start, revision = self._keys.conversations, 0
+        while True:
+            async with self._bounded():
+                page = await self._etcd.range(
+                    self._keys.conversations,
+                    start=start,
+                    limit=_CENSUS_PAGE,
+                    revision=revision,
+                    keys_only=True,
+                )
+            revision = page.revision  # every page of one moment
+            for kv in page.kvs:
+                what = self._keys.parse(kv.key)
+                if isinstance(what, SessionKey):
+                    sessions += 1
+                elif isinstance(what, ClaimKey):
+                    queues.add((what.ref, what.kind, what.name))
+            if not page.more or not page.kvs:
+                break
+            start = page.kvs[-1].key + b"\0"
+        kinds = [kind for _, kind, _ in queues]
+        return Census(sessions, kinds.count(FenceKind.LOCK), kinds.count(FenceKind.ELECTION))
 
     async def holder(self, ref: ConversationRef, kind: FenceKind, name: str) -> Holder | None:
         async with self._bounded():

@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from time import perf_counter
 from typing import Any, TypeVar
 
-from blackboard_server.domain.coordination import Holder, SessionInfo
+from blackboard_server.domain.coordination import Census, Holder, SessionInfo
 from blackboard_server.domain.errors import BackendUnavailable, BlackboardError
 from blackboard_server.domain.model import (
     CommitResult,
@@ -188,6 +188,9 @@ class InstrumentedCoordinator:
         self, ref: ConversationRef, kind: FenceKind, name: str
     ) -> AbstractAsyncContextManager[AsyncIterator[Holder | None]]:
         return self.inner.observe(ref, kind, name)
+
+    async def census(self) -> Census:
+        return await self._timed("census", self.inner.census())
 
     def running(self) -> AbstractAsyncContextManager[object]:
         return self.inner.running()

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from blackboard_server.domain import coordination
-from blackboard_server.domain.coordination import Holder, SessionInfo
+from blackboard_server.domain.coordination import Census, Holder, SessionInfo
 from blackboard_server.domain.errors import (
     LockHeld,
     NotHolder,
@@ -203,6 +203,15 @@ class MemoryCoordinator:
     async def holder(self, ref: ConversationRef, kind: FenceKind, name: str) -> Holder | None:
         claims = self._queues.get((ref, kind, name))
         return claims.holders[0] if claims and claims.holders else None
+
+    async def census(self) -> Census:
+        now = time.monotonic()
+        held = [kind for (_, kind, _), claims in self._queues.items() if claims.holders]
+        return Census(
+            sessions=sum(1 for s in self._sessions.values() if s.deadline > now),
+            locks_held=held.count(FenceKind.LOCK),
+            leaders=held.count(FenceKind.ELECTION),
+        )
 
     @asynccontextmanager
     async def observe(

@@ -53,6 +53,15 @@ class Holder:
         return Fence(self.kind, self.name, self.token).mark
 
 
+@dataclass(frozen=True, slots=True)
+class Census:
+    """How much coordination state exists across the deployment at one moment."""
+
+    sessions: int = 0
+    locks_held: int = 0  # locks with a holder
+    leaders: int = 0  # election roles with a leader
+
+
 _ACQUIRED = {
     FenceKind.LOCK: CoordinationKind.LOCK_ACQUIRED,
     FenceKind.ELECTION: CoordinationKind.LEADER_ELECTED,

@@ -1,32 +1,30 @@
-"""The coordination phase of `make bench`: lock latencies through the real server,
-next to etcd's own v3lock hand-off on the same etcd.
+"""Lock latencies through the real server, next to etcd's own v3lock hand-off on
+the same etcd (the coordination phase of `make bench`).
 
-The Blackboard server runs in its own process on Redis and one etcd member
-(tests/bench.py starts them, with `server_flags`); this module calls its
-Coordination service with the raw generated stubs:
+The Blackboard server runs on Redis and an etcd member this harness can reach
+(its claims are looked up under the server's --etcd-prefix); this module calls
+its Coordination service with the raw generated stubs:
 
 1. round trip: one session, AcquireLock (try once) then ReleaseLock, back to back;
 2. hand-off: two sessions pass one lock back and forth. Each round the waiter's
    AcquireLock(wait_ms=5000) is queued before the holder calls ReleaseLock: its
    claim key (adapters/etcd_coord/keys.py) is seen in etcd through a watch
    opened here. The holder releases at once, or after the waiter has waited
-   `--lock-settle-ms`: the claim shows the call has reached etcd, not that the
+   `settle_ms`: the claim shows the call has reached etcd, not that the
    server is already watching for its turn, and the wait makes sure it is.
    Measured from just before ReleaseLock to the moment AcquireLock returns;
-3. the same hand-off with etcd's v3lock Lock RPC (tests/bench_etcd.py), in blocks
+3. the same hand-off with etcd's v3lock Lock RPC between two leases, in blocks
    interleaved with (2), so that both see the same machine.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
-
-import grpc
 
 from blackboard.etcd import lock_pb2
 from blackboard.v1 import blackboard_pb2 as pb
@@ -35,47 +33,34 @@ from blackboard_server.adapters.etcd import EtcdClient, EventType, Watcher
 from blackboard_server.adapters.etcd_coord.keys import Layout
 from blackboard_server.api.servicer import AGENT_HEADER
 from blackboard_server.domain.model import ConversationRef, FenceKind
-from tests import bench_etcd
-from tests.bench_common import CALL_TIMEOUT_S, CpuMeter, Latencies
+from loadtest.procs import CpuMeter
+from loadtest.scenarios import CALL_TIMEOUT_S
+from loadtest.stats import Latencies
+from loadtest.target import Endpoint
 
-PREFIX = "/bench"  # the server's --etcd-prefix: where to look for its claims
-TENANT = "bench"
+LockFn = Callable[[str, int], Awaitable[bytes]]
 SESSION_TTL_MS = 120_000  # outlives the phase: no keep-alives needed
 WAIT_MS = 5_000  # the waiter's AcquireLock wait
 BLOCK = 20  # hand-offs in a row before the other implementation takes its turn
 WARMUP = 3  # rounds before each measurement that are not counted
 
 
-def server_flags(endpoints: list[str]) -> list[str]:
-    """What the server under this phase needs, so that its claims are where we look."""
-    return [
-        "--etcd-endpoints",
-        ",".join(endpoints),
-        "--etcd-prefix",
-        PREFIX,
-        "--tenant",
-        TENANT,
-    ]
-
-
-async def run_locks(
-    args: argparse.Namespace, address: str, endpoints: list[str], pids: dict[str, int]
-) -> dict[str, Any]:
-    async with (
-        grpc.aio.insecure_channel(address) as channel,
-        EtcdClient(endpoints, timeout_s=10) as etcd,
-    ):
+async def run_locks(ep: Endpoint, rounds: int, count: int, settle_ms: int) -> dict[str, Any]:
+    """`rounds` acquire + release round trips, then `count` hand-offs released at
+    once and as many released `settle_ms` after the waiter queued."""
+    async with ep.channel() as channel, EtcdClient(ep.etcd_endpoints, timeout_s=10) as etcd:
         coord = pb_grpc.CoordinationStub(channel)
         conversation = f"bench-locks-{uuid.uuid4().hex[:8]}"
         await pb_grpc.BlackboardStub(channel).CreateConversation(
             pb.CreateConversationRequest(id=conversation), timeout=CALL_TIMEOUT_S
         )
-        cpu = CpuMeter({"client": os.getpid(), **pids})
+        cpu = CpuMeter({"client": os.getpid(), **ep.pids})
         cpu.start()
-        trips = await round_trips(coord, conversation, args.lock_rounds)
+        trips = await round_trips(coord, conversation, rounds)
+        layout = Layout(ep.etcd_prefix)
         cases = [
-            await handoffs(coord, etcd, conversation, args.lock_handoffs, settle_ms)
-            for settle_ms in (0, args.lock_settle_ms)
+            await handoffs(coord, etcd, layout, ep.tenant, conversation, count, settle)
+            for settle in (0, settle_ms)
         ]
         used = cpu.stop()
     return {
@@ -90,7 +75,7 @@ async def run_locks(
 # --- round trip --------------------------------------------------------------
 
 
-async def open_session(coord: pb_grpc.CoordinationStub, conversation: str, agent: str) -> str:
+async def open_session(coord: pb_grpc.CoordinationAsyncStub, conversation: str, agent: str) -> str:
     session = await coord.OpenSession(
         pb.OpenSessionRequest(conversation_id=conversation, ttl_ms=SESSION_TTL_MS),
         metadata=((AGENT_HEADER, agent),),
@@ -100,7 +85,7 @@ async def open_session(coord: pb_grpc.CoordinationStub, conversation: str, agent
 
 
 async def acquire(
-    coord: pb_grpc.CoordinationStub, conversation: str, name: str, session: str, wait_ms: int
+    coord: pb_grpc.CoordinationAsyncStub, conversation: str, name: str, session: str, wait_ms: int
 ) -> pb.Holder:
     request = pb.AcquireLockRequest(
         conversation_id=conversation, session_id=session, name=name, wait_ms=wait_ms
@@ -109,7 +94,7 @@ async def acquire(
     return holder
 
 
-async def release(coord: pb_grpc.CoordinationStub, held: pb.Holder) -> None:
+async def release(coord: pb_grpc.CoordinationAsyncStub, held: pb.Holder) -> None:
     request = pb.ReleaseLockRequest(
         conversation_id=held.conversation_id,
         session_id=held.session_id,
@@ -119,7 +104,9 @@ async def release(coord: pb_grpc.CoordinationStub, held: pb.Holder) -> None:
     await coord.ReleaseLock(request, timeout=CALL_TIMEOUT_S)
 
 
-async def round_trips(coord: pb_grpc.CoordinationStub, conversation: str, count: int) -> Latencies:
+async def round_trips(
+    coord: pb_grpc.CoordinationAsyncStub, conversation: str, count: int
+) -> Latencies:
     session = await open_session(coord, conversation, "bench-round-trip")
     latencies = Latencies()
     for i in range(WARMUP + count):
@@ -138,8 +125,10 @@ async def round_trips(coord: pb_grpc.CoordinationStub, conversation: str, count:
 
 
 async def handoffs(
-    coord: pb_grpc.CoordinationStub,
+    coord: pb_grpc.CoordinationAsyncStub,
     etcd: EtcdClient,
+    layout: Layout,
+    tenant: str,
     conversation: str,
     count: int,
     settle_ms: int,
@@ -147,20 +136,20 @@ async def handoffs(
     """`count` hand-offs through the server and as many with etcd's v3lock, in
     alternating blocks; the holder releases `settle_ms` after the waiter queued."""
     name = f"hand-off-{settle_ms}ms"
-    queue = Layout(PREFIX).queue(ConversationRef(TENANT, conversation), FenceKind.LOCK, name)
+    queue = layout.queue(ConversationRef(tenant, conversation), FenceKind.LOCK, name)
     sessions = [await open_session(coord, conversation, f"bench-{i}") for i in range(2)]
-    v3lock_name = f"/bench-v3lock/{settle_ms}ms"
+    v3lock_name = f"/lt-v3lock-{uuid.uuid4().hex[:8]}/{settle_ms}ms"
     settle_s = settle_ms / 1000
     lock = v3lock(etcd)
     await server_block(coord, etcd, queue, conversation, name, sessions, WARMUP, settle_s)
-    await bench_etcd._handoffs(etcd, v3lock_name, WARMUP, lock, settle_s)
+    await v3lock_handoffs(etcd, v3lock_name, WARMUP, lock, settle_s)
     server, etcd_v3lock = Latencies(), Latencies()
     for done in range(0, count, BLOCK):
         n = min(BLOCK, count - done)
         server.extend(
             await server_block(coord, etcd, queue, conversation, name, sessions, n, settle_s)
         )
-        samples = await bench_etcd._handoffs(etcd, v3lock_name, n, lock, settle_s)
+        samples = await v3lock_handoffs(etcd, v3lock_name, n, lock, settle_s)
         etcd_v3lock.extend([int(s * 1e6) for s in samples])
     for session in sessions:
         await coord.CloseSession(
@@ -177,7 +166,7 @@ async def handoffs(
 
 
 async def server_block(
-    coord: pb_grpc.CoordinationStub,
+    coord: pb_grpc.CoordinationAsyncStub,
     etcd: EtcdClient,
     queue: bytes,
     conversation: str,
@@ -235,7 +224,7 @@ async def queued(claims: Watcher, key: bytes, waiting: asyncio.Task[pb.Holder]) 
     raise TimeoutError(f"no claim {key.decode()} in etcd after {CALL_TIMEOUT_S:g} s")
 
 
-def v3lock(etcd: EtcdClient) -> bench_etcd.LockFn:
+def v3lock(etcd: EtcdClient) -> LockFn:
     """etcd's Lock RPC as it is: the baseline (EtcdClient.lock also reads the key back)."""
 
     async def lock(name: str, lease: int) -> bytes:
@@ -245,3 +234,42 @@ def v3lock(etcd: EtcdClient) -> bench_etcd.LockFn:
         return bytes(response.key)
 
     return lock
+
+
+async def v3lock_handoffs(
+    etcd: EtcdClient, name: str, count: int, lock: LockFn, settle_s: float
+) -> list[float]:
+    """etcd's own hand-off between two leases: seconds from Unlock to the waiter's Lock."""
+    leases = [(await etcd.grant(60)).id for _ in range(2)]
+    samples: list[float] = []
+    async with etcd.watch(name + "/", prefix=True) as waiters:
+        held = await lock(name, leases[0])
+        await _lease_queued(waiters, leases[0])
+        for i in range(count):
+            waiter = leases[(i + 1) % 2]
+            returned_at = 0.0
+
+            async def wait(lease: int = waiter) -> bytes:
+                nonlocal returned_at
+                key = await lock(name, lease)
+                returned_at = time.perf_counter()
+                return key
+
+            task = asyncio.create_task(wait())
+            await _lease_queued(waiters, waiter)
+            if settle_s:
+                await asyncio.sleep(settle_s)  # the scenario: the waiter has waited a while
+            unlock_at = time.perf_counter()
+            await etcd.unlock(held)
+            held = await task
+            samples.append(returned_at - unlock_at)
+        await etcd.unlock(held)
+    for lease in leases:
+        await etcd.revoke(lease)
+    return samples
+
+
+async def _lease_queued(waiters: Watcher, lease_id: int) -> None:
+    async for batch in waiters:
+        if any(e.type is EventType.PUT and e.kv.lease == lease_id for e in batch.events):
+            return

@@ -1,7 +1,7 @@
-"""`--profile`: py-spy samples a server process while a phase is measured.
+"""`bb-loadtest bench --profile`: py-spy samples the server while a phase runs.
 
 Writes the collapsed stacks (py-spy's raw format, for flamegraph tools) to
-bench-results/profile-<phase>-<process>.txt and summarises where the time went.
+bench-results/profile-<phase>.txt and summarises where the time went.
 Native frames are sampled too (grpc's and uvloop's C code is where much of the
 time goes), which pauses the process at each sample: the figures of a profiled
 run are a little lower than those of a plain one.
