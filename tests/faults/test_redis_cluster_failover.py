@@ -2,7 +2,8 @@
 
 Writers put to conversations on every shard, each write with a request id,
 and record what the server acknowledged (the revision and the value). One
-primary is killed; once its replica is promoted, the killed node comes back
+primary is killed, its replica half a second behind (stopped with SIGSTOP
+just before); once the replica is promoted, the killed node comes back
 as a replica and the writers go on until writes succeed again everywhere.
 Then the final logs are read straight from the cluster and every
 acknowledged write is looked up at its revision:
@@ -19,6 +20,8 @@ writes that was sent (acknowledged, or failed with an unknown outcome).
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 TENANT = "failover"
 PER_SHARD = 2  # conversations on each primary
 WRITERS_PER_CONVERSATION = 4
+LAG_S = 0.5  # how far the replica is behind when its primary is killed
 
 
 @dataclass
@@ -168,7 +172,13 @@ async def test_a_killed_primary_fails_over_to_its_replica(
                 for i in range(WRITERS_PER_CONVERSATION)
             ]
             await asyncio.sleep(2.0)
+            # The replica falls behind (a stalled link, a slow disk) just before
+            # its primary dies: what it has not received is all that is at risk.
+            assert heir.proc is not None
+            os.kill(heir.proc.pid, signal.SIGSTOP)
+            await asyncio.sleep(LAG_S)
             victim.kill()
+            os.kill(heir.proc.pid, signal.SIGCONT)
             killed_at = time.monotonic()
             await asyncio.to_thread(
                 wait_for, lambda: cluster.role_of(heir) == "master", 30, "failover"

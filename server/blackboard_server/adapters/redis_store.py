@@ -26,27 +26,18 @@ from typing import Any
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.backoff import NoBackoff
-from redis.exceptions import (
-    AuthenticationError,
-    AuthenticationWrongNumberOfArgsError,
-    NoPermissionError,
-    ReadOnlyError,
-    RedisClusterException,
-    ResponseError,
-)
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from blackboard_server.adapters import redis_codec as codec
 from blackboard_server.adapters.memory import EXPIRY_AGENT
 from blackboard_server.adapters.redis_access import RedisAccess
-from blackboard_server.adapters.redis_cluster import ClusterPipe, ShardedNotifications, Topology
-from blackboard_server.adapters.redis_durability import Durability, prepare
-from blackboard_server.adapters.redis_notify import Book, Notifications, PlainNotifications
+from blackboard_server.adapters.redis_cluster import ClusterPipe
+from blackboard_server.adapters.redis_connect import open_redis, raise_if_transient
+from blackboard_server.adapters.redis_durability import Durability
+from blackboard_server.adapters.redis_notify import Notifications
 from blackboard_server.adapters.redis_pipe import Arg, Script, ScriptPipe
-from blackboard_server.config import SettingsError
 from blackboard_server.domain.errors import (
     BackendUnavailable,
     ConversationExists,
@@ -70,8 +61,6 @@ log = structlog.get_logger("blackboard.redis")
 
 # Larger events are announced with an empty payload; listeners read the log.
 MAX_NOTIFY_PAYLOAD = 64 * 1024
-# Redis replies that mean "not now" rather than "wrong": the caller may retry.
-_TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
 _LUA = Path(__file__).with_name("lua")
 _KEYS_CACHED = 4096  # conversations whose key names are kept, not rebuilt per call
 _FAST = Durability()
@@ -126,40 +115,7 @@ class RedisStore:
         when it refuses the credentials or is not configured for `durability`.
         """
         access = url if isinstance(url, RedisAccess) else RedisAccess.of(url)
-        # No retries inside redis-py: a retried script that did run would
-        # write twice. Callers retry, with a request id.
-        client = access.client(
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        try:
-            replicas = await _prepare(client, access, durability, timeout_s)
-        except BaseException:
-            await client.aclose()
-            raise
-        book = Book()
-        pipe: ScriptPipe | ClusterPipe
-        notifications: Notifications
-        if isinstance(client, RedisCluster):
-            topology = Topology(client, timeout_s)
-            pipe = ClusterPipe(
-                topology,
-                access,
-                timeout_s=timeout_s,
-                replicas=replicas,
-                wait_timeout_ms=durability.wait_timeout_ms,
-            )
-            notifications = ShardedNotifications(book, topology, access, timeout_s=timeout_s)
-        else:
-            pipe = ScriptPipe(
-                access.endpoint(),
-                timeout_s=timeout_s,
-                replicas=replicas,
-                wait_timeout_ms=durability.wait_timeout_ms,
-            )
-            pool = client.connection_pool
-            notifications = PlainNotifications(book, pool.make_connection, timeout_s=timeout_s)
+        client, pipe, notifications = await open_redis(access, durability, timeout_s)
         return cls(
             client,
             pipe,
@@ -197,8 +153,10 @@ class RedisStore:
         except RedisClusterException as exc:  # no node owns a slot: the cluster is failing over
             raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
         except ResponseError as exc:
-            _raise_if_transient(exc)
+            raise_if_transient(exc)
             raise
+        except RedisError as exc:  # e.g. a cluster's redirections that never settled
+            raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
 
     async def _write(self, script: str, keys: Sequence[str], *args: Arg) -> Any:
         return await self._pipe.evalsha(self._writes[script], keys, *args)
@@ -312,7 +270,7 @@ class RedisStore:
                 self._publish,
             )
         except ResponseError as exc:
-            _raise_if_transient(exc)
+            raise_if_transient(exc)
             raise
         status = reply[0]
         if status == b"OK" and reply[3] >= 0:
@@ -428,62 +386,6 @@ class RedisStore:
     async def unwatch(self, ref: ConversationRef) -> None:
         """Local bookkeeping first: it never fails, even with Redis down."""
         await self._notifications.unwatch(self._keys(ref).channel)
-
-
-async def _prepare(
-    client: Redis | RedisCluster, access: RedisAccess, durability: Durability, timeout_s: float
-) -> int:
-    """The first contact: reachable, the right kind, credentials accepted, durable enough."""
-    where = access.redacted
-    try:
-        async with asyncio.timeout(timeout_s):
-            if isinstance(client, RedisCluster):
-                await client.initialize()
-            elif _hello_field(await client.execute_command("HELLO"), "mode") == "cluster":  # type: ignore[no-untyped-call]
-                raise SettingsError(
-                    f"redis_url: the Redis at {where} is a cluster node; "
-                    "use redis+cluster://host:port,... (or rediss+cluster://)"
-                )
-            return await prepare(client, durability, where)
-    except (AuthenticationError, AuthenticationWrongNumberOfArgsError) as exc:
-        raise SettingsError(
-            f"redis_url: the Redis at {where} refused the credentials of user "
-            f"{access.username!r}: {exc}"
-        ) from None
-    except NoPermissionError as exc:
-        raise SettingsError(
-            f"redis_url: Redis user {access.username!r} at {where} lacks a permission the "
-            f"server needs ({exc}); docs/backends.md lists the ACL to give it"
-        ) from None
-    except ResponseError as exc:
-        if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise SettingsError(
-                f"redis_url: the Redis at {where} wants a password: {exc}"
-            ) from None
-        _raise_if_transient(exc)
-        raise
-    except RedisClusterException as exc:
-        raise SettingsError(f"redis_url: {where} is not a usable Redis Cluster: {exc}") from None
-    except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
-        raise BackendUnavailable("redis", f"{where}: {exc or type(exc).__name__}") from exc
-
-
-def _hello_field(reply: Any, name: str) -> str:
-    """A field of HELLO's reply: a map (RESP3) or a flat list (RESP2)."""
-    fields = reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
-    value = fields.get(name.encode(), fields.get(name, b""))
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _raise_if_transient(exc: ResponseError) -> None:
-    # redis-py takes the code (OOM, TRYAGAIN, ...) off the message of the errors
-    # it has a class for and keeps it as status_code; the pipe keeps both.
-    if (
-        isinstance(exc, ReadOnlyError)
-        or exc.status_code in _TRANSIENT
-        or str(exc).startswith(_TRANSIENT)
-    ):
-        raise BackendUnavailable("redis", str(exc)) from exc
 
 
 def _source(name: str) -> str:
