@@ -297,6 +297,37 @@ class ServerProcess:
         _stop(self.proc, grace=15)
 
 
+def make_certificate(
+    directory: Path, name: str, ca: tuple[Path, Path] | None = None
+) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1: self-signed, or signed by `ca`."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subject = ("-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1")
+    if ca is None:
+        args = ("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject)
+        subprocess.run(
+            [require("openssl"), *args, "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )
+        return cert, key
+    csr = directory / f"{name}.csr"
+    request = ("req", "-newkey", "rsa:2048", "-nodes", *subject[:2])
+    subprocess.run(
+        [require("openssl"), *request, "-keyout", str(key), "-out", str(csr)],
+        check=True,
+        capture_output=True,
+    )
+    sign = ("x509", "-req", "-in", str(csr), "-days", "1", "-CA", str(ca[0]), "-CAkey", str(ca[1]))
+    subprocess.run(
+        [require("openssl"), *sign, "-CAcreateserial", "-out", str(cert), "-extfile", "/dev/stdin"],
+        input=b"subjectAltName=IP:127.0.0.1\n",
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 class RedisClusterServers:
     """A Redis Cluster on loopback: `masters` shards, each with `replicas` replicas.
 
@@ -315,7 +346,10 @@ class RedisClusterServers:
         durable: bool = False,
         node_timeout_ms: int = 1000,
         extra: tuple[str, ...] = (),
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
+        """`tls`: (CA, certificate, key): nodes also listen with TLS, talk to each
+        other with TLS, and tell TLS clients their TLS ports."""
         self.workdir = workdir
         self.masters = masters
         self.replicas = replicas
@@ -327,15 +361,36 @@ class RedisClusterServers:
             # Replicas sync at once, not after the default 5 s wait for more of them.
             *("--repl-diskless-sync-delay", "0"),
         )
+        count = masters * (1 + replicas)
+        self.tls_ports = [free_port() for _ in range(count)] if tls else []
         # The bus port is given: the default (port + 10000) may be taken or out of range.
         self.nodes = [
             RedisServer(
                 workdir / f"node{i}",
                 durable=durable,
-                extra=(*cluster, "--cluster-port", str(free_port()), *extra),
+                extra=(
+                    *cluster,
+                    *("--cluster-port", str(free_port())),
+                    *self._tls(tls, i),
+                    *extra,
+                ),
             )
-            for i in range(masters * (1 + replicas))
+            for i in range(count)
         ]
+
+    def _tls(self, tls: tuple[Path, Path, Path] | None, i: int) -> tuple[str, ...]:
+        if tls is None:
+            return ()
+        ca, cert, key = (str(p) for p in tls)
+        return (
+            *("--tls-port", str(self.tls_ports[i]), "--tls-cert-file", cert),
+            *("--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"),
+            *("--tls-cluster", "yes", "--tls-replication", "yes"),
+        )
+
+    @property
+    def tls_url(self) -> str:
+        return "rediss+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.tls_ports)
 
     @property
     def url(self) -> str:

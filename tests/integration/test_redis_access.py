@@ -22,7 +22,14 @@ import pytest
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from tests.integration.test_stream import Recorder
-from tests.servers import RedisClusterServers, RedisServer, ServerProcess, free_port, require
+from tests.servers import (
+    RedisClusterServers,
+    RedisServer,
+    ServerProcess,
+    free_port,
+    make_certificate,
+    require,
+)
 
 pytestmark = pytest.mark.timeout(180)
 BACKENDS_DOC = Path(__file__).resolve().parents[2] / "docs" / "backends.md"
@@ -208,42 +215,13 @@ def test_a_plain_url_to_a_cluster_node_names_the_cluster_form(
 # --- TLS ----------------------------------------------------------------------
 
 
-def make_cert(directory: Path, name: str, ca: tuple[Path, Path] | None = None) -> tuple[Path, Path]:
-    """A certificate and key for 127.0.0.1: self-signed, or signed by `ca`."""
-    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
-    subject = ("-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1")
-    if ca is None:
-        args = ("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject)
-        subprocess.run(
-            [require("openssl"), *args, "-keyout", str(key), "-out", str(cert)],
-            check=True,
-            capture_output=True,
-        )
-        return cert, key
-    csr = directory / f"{name}.csr"
-    request = ("req", "-newkey", "rsa:2048", "-nodes", *subject[:2])
-    subprocess.run(
-        [require("openssl"), *request, "-keyout", str(key), "-out", str(csr)],
-        check=True,
-        capture_output=True,
-    )
-    sign = ("x509", "-req", "-in", str(csr), "-days", "1", "-CA", str(ca[0]), "-CAkey", str(ca[1]))
-    subprocess.run(
-        [require("openssl"), *sign, "-CAcreateserial", "-out", str(cert), "-extfile", "/dev/stdin"],
-        input=b"subjectAltName=IP:127.0.0.1\n",
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[RedisServer, int, dict[str, Path]]]:
     """A durable Redis on TLS only, requiring client certificates from its CA."""
-    ca = make_cert(tmp_path, "ca")
-    server_cert, server_key = make_cert(tmp_path, "redis", ca)
-    client_cert, client_key = make_cert(tmp_path, "client", ca)
-    other_ca, _ = make_cert(tmp_path, "other-ca")
+    ca = make_certificate(tmp_path, "ca")
+    server_cert, server_key = make_certificate(tmp_path, "redis", ca)
+    client_cert, client_key = make_certificate(tmp_path, "client", ca)
+    other_ca, _ = make_certificate(tmp_path, "other-ca")
     port = free_port()
     tls = (
         *("--tls-port", str(port), "--tls-cert-file", str(server_cert)),
@@ -289,3 +267,23 @@ def test_tls_without_the_client_certificate_or_with_the_wrong_ca_fails_to_start(
         tmp_path, "--redis-url", f"redis://127.0.0.1:{port}/0", "--redis-tls-ca-file", "x"
     )
     assert "use rediss://" in plain.stderr
+
+
+async def test_tls_on_a_cluster(tmp_path: Path) -> None:
+    """Every node over TLS only as far as the server sees: the slot map's ports are TLS ports."""
+    ca = make_certificate(tmp_path, "ca")
+    cluster = RedisClusterServers(
+        tmp_path / "cluster", tls=(ca[0], *make_certificate(tmp_path, "redis", ca))
+    ).start()
+    try:
+        server = ServerProcess(
+            tmp_path / "server",
+            *("--redis-url", cluster.tls_url, "--redis-tls-ca-file", str(ca[0])),
+            *("--durability", "fast"),
+        ).start()
+        try:
+            await exercise(server.address)
+        finally:
+            server.stop()
+    finally:
+        cluster.stop()
