@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from blackboard_server.adapters.redis_access import RedisAccess
 from blackboard_server.adapters.redis_notify import SHARDED, Book, ChannelReader, Notifications
@@ -53,7 +53,7 @@ class Topology:
         slot = key_slot(key.encode() if isinstance(key, str) else key)
         try:
             node = self._client.nodes_manager.get_node_from_slot(slot)
-        except RedisError as exc:  # SlotNotCoveredError: the map has a hole
+        except (RedisError, RedisClusterException) as exc:  # SlotNotCoveredError: a hole
             raise BackendUnavailable("redis", str(exc)) from exc
         return node.host, int(node.port)
 
@@ -66,7 +66,7 @@ class Topology:
             try:
                 async with asyncio.timeout(self._timeout_s):
                     await self._client.nodes_manager.initialize()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
                 log.info("redis cluster slot map not refreshed", error=str(exc))
             self._refreshed_at = time.monotonic()
 
@@ -181,6 +181,8 @@ class ShardedNotifications(Notifications):
                 async with asyncio.timeout(_RECHECK_S):
                     await self._trouble.wait()
             self._trouble.clear()
+            if not self.book.watched and not self._readers:
+                continue
             await self._topology.refresh()
             try:
                 for channel in list(self.book.watched):
