@@ -243,13 +243,18 @@ class EtcdCluster:
 
 
 class ServerProcess:
-    """`blackboard-server` in its own process, as it runs in production."""
+    """`blackboard-server` in its own process, as it runs in production.
 
-    def __init__(self, workdir: Path, *args: str) -> None:
+    `credentials`: the channel credentials of the health check that tells when it
+    serves (grpc.ChannelCredentials), for a server with TLS on.
+    """
+
+    def __init__(self, workdir: Path, *args: str, credentials: object = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.port = free_port()
         self.args = args
+        self.credentials = credentials
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -284,7 +289,11 @@ class ServerProcess:
 
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"blackboard-server exited: see {self.workdir / 'server.log'}")
-        with grpc.insecure_channel(self.address) as channel:
+        if self.credentials is None:
+            channel = grpc.insecure_channel(self.address)
+        else:
+            channel = grpc.secure_channel(self.address, self.credentials)  # type: ignore[arg-type]
+        with channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=0.5

@@ -19,6 +19,7 @@ from blackboard_client._retry import RetryPolicy
 R = TypeVar("R")
 
 AGENT_ID_HEADER = "x-agent-id"
+AUTHORIZATION_HEADER = "authorization"
 
 
 class BaseClient:

@@ -12,12 +12,11 @@ import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
-import grpc
 import orjson
 
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_client import _convert
-from blackboard_client._base import AGENT_ID_HEADER
+from blackboard_client._base import AGENT_ID_HEADER, AUTHORIZATION_HEADER
 from blackboard_client._coordination import CoordinationClient
 from blackboard_client._model import (
     UNSET,
@@ -28,6 +27,7 @@ from blackboard_client._model import (
     Event,
     Expect,
     Fence,
+    Grant,
     HistoryPage,
     PatchResult,
     RangePage,
@@ -41,6 +41,7 @@ from blackboard_client._model import (
 from blackboard_client._retry import RetryPolicy
 from blackboard_client._session import Session
 from blackboard_client._subscribe import Subscription, grpc_opener
+from blackboard_client._tls import Tls, open_channel
 from blackboard_client._view import Mirror
 
 
@@ -51,17 +52,24 @@ def connect(
     timeout: float | None = 10.0,
     retry: RetryPolicy | None = None,
     metadata: Mapping[str, str] | None = None,
+    token: str | None = None,
+    tls: Tls | bool | None = None,
 ) -> Client:
     """A client for the server at `target` ("host:port"), used as `async with`.
 
     `timeout` is the deadline of each attempt of each unary call, in seconds
-    (None: no deadline). `metadata` is sent with every call (e.g. an
-    authorization header).
+    (None: no deadline). `metadata` is sent with every call. `token` is sent as
+    `authorization: Bearer TOKEN`. `tls`: a `Tls` (CA file, client certificate,
+    server name), True for TLS trusting the system's CAs, None/False for
+    plaintext. With authentication on, the server takes the agent id from the
+    verified identity and ignores `agent_id`.
     """
     headers = dict(metadata or {})
     if agent_id:
         headers[AGENT_ID_HEADER] = agent_id
-    channel = grpc.aio.insecure_channel(target)
+    if token:
+        headers[AUTHORIZATION_HEADER] = f"Bearer {token}"
+    channel = open_channel(target, tls)
     return Client(channel, timeout=timeout, retry=retry or RetryPolicy(), metadata=headers)
 
 
@@ -111,6 +119,27 @@ class Client(CoordinationClient):
 
     async def delete_conversation(self, id: str) -> None:
         await self._call(self._stub.DeleteConversation, pb.DeleteConversationRequest(id=id))
+
+    # --- access ---------------------------------------------------------------------
+
+    async def grant_role(self, conversation_id: str, subject: str, role: str) -> None:
+        """Gives `subject` (an agent id of this tenant, or "*") `role` ("reader",
+        "writer" or "admin") on the conversation, replacing its earlier grant. Admins only."""
+        request = pb.GrantRoleRequest(
+            conversation_id=conversation_id, subject=subject, role=_convert.role_number(role)
+        )
+        await self._call(self._stub.GrantRole, request)
+
+    async def revoke_role(self, conversation_id: str, subject: str) -> bool:
+        """Takes back the subject's grant; False if it had none. Admins only."""
+        request = pb.RevokeRoleRequest(conversation_id=conversation_id, subject=subject)
+        return (await self._call(self._stub.RevokeRole, request)).revoked
+
+    async def list_grants(self, conversation_id: str) -> list[Grant]:
+        """The roles granted on the conversation (not those in identities). Admins only."""
+        request = pb.ListGrantsRequest(conversation_id=conversation_id)
+        response = await self._call(self._stub.ListGrants, request)
+        return [_convert.grant(g) for g in response.grants]
 
     # --- reads --------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from blackboard_client._model import (
     Event,
     Expect,
     Fence,
+    Grant,
     HistoryPage,
     Leader,
     LockHolder,
@@ -175,6 +176,21 @@ def leader_update(msg: pb.LeaderUpdate) -> Leader | None:
 
 
 # --- to the wire ----------------------------------------------------------------
+
+
+_ROLES = {"reader": pb.ROLE_READER, "writer": pb.ROLE_WRITER, "admin": pb.ROLE_ADMIN}
+_ROLE_NAMES = {number: name for name, number in _ROLES.items()}
+
+
+def role_number(name: str) -> pb.Role.ValueType:
+    try:
+        return _ROLES[name]
+    except KeyError:
+        raise ValueError(f"role must be reader, writer or admin, not {name!r}") from None
+
+
+def grant(msg: pb.Grant) -> Grant:
+    return Grant(msg.subject, _ROLE_NAMES.get(msg.role, ""))
 
 
 def value_pb(v: Value) -> pb.Value:

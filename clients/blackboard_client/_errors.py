@@ -29,8 +29,14 @@
     ├── DeadlineExceeded
     │   └── WaitExpired             a lock or campaign wait ran out
     ├── Cancelled
-    ├── Unauthenticated
+    ├── Unauthenticated             check the token or client certificate
+    │   ├── CredentialsMissing
+    │   ├── CredentialsInvalid
+    │   └── CredentialsExpired
     ├── PermissionDenied
+    │   ├── RoleRequired            .role .conversation_id
+    │   ├── TenantMismatch          .tenant
+    │   └── MethodNotAllowed
     ├── InternalError               INTERNAL, UNKNOWN and anything else
     └── LockLost                    .name .token .why: the body of `async with lock` was
         └── LeadershipLost          cancelled because the lock or leadership was lost
@@ -293,8 +299,44 @@ class Unauthenticated(BlackboardError):
     code = "UNAUTHENTICATED"
 
 
+class CredentialsMissing(Unauthenticated):
+    reason = "CREDENTIALS_MISSING"
+
+
+class CredentialsInvalid(Unauthenticated):
+    reason = "CREDENTIALS_INVALID"
+
+
+class CredentialsExpired(Unauthenticated):
+    reason = "CREDENTIALS_EXPIRED"
+
+
 class PermissionDenied(BlackboardError):
     code = "PERMISSION_DENIED"
+
+
+class RoleRequired(PermissionDenied):
+    reason = "ROLE_REQUIRED"
+
+    @property
+    def role(self) -> str:
+        return self.metadata.get("role", "")
+
+    @property
+    def conversation_id(self) -> str:
+        return self.metadata.get("conversation", "")
+
+
+class TenantMismatch(PermissionDenied):
+    reason = "TENANT_MISMATCH"
+
+    @property
+    def tenant(self) -> str:
+        return self.metadata.get("tenant", "")
+
+
+class MethodNotAllowed(PermissionDenied):
+    reason = "METHOD_NOT_ALLOWED"
 
 
 class InternalError(BlackboardError):

@@ -233,6 +233,15 @@ class Leader:
 
 
 @dataclass(frozen=True, slots=True)
+class Grant:
+    """A role granted on a conversation: `subject` is an agent id or "*" (everyone in
+    the tenant); `role` is "reader", "writer" or "admin"."""
+
+    subject: str
+    role: str
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
     revision: int
     key: str

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_level, settings.log_format)
     try:
         _start(settings)
-    except SettingsError as error:  # found at start-up: e.g. Redis refused the credentials
+    except SettingsError as error:  # at start-up: a file a setting names, Redis's credentials
         print(f"blackboard-server: {error}", file=sys.stderr)
         return 2
     except BackendUnavailable as error:  # at start-up: nothing to serve with

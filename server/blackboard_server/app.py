@@ -26,6 +26,7 @@ from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
 from blackboard_server.adapters.redis_access import RedisAccess, redact
 from blackboard_server.adapters.redis_durability import Durability
 from blackboard_server.api import convert
+from blackboard_server.api.auth import AuthInterceptor
 from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.observe import ObservingInterceptor
@@ -33,6 +34,8 @@ from blackboard_server.api.servicer import BlackboardServicer
 from blackboard_server.config import Settings
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
+from blackboard_server.security import add_port, authenticators, open_access, server_tls
+from blackboard_server.services.access import Access
 from blackboard_server.services.blackboard import BlackboardService
 from blackboard_server.services.census import count_forever
 from blackboard_server.services.coordination import CoordinationService, record_observations
@@ -141,6 +144,8 @@ async def serve(
             redis=redact(settings.redis_url),
             durability=settings.durability,
         )
+    # Files first: a bad key or token file stops the start before anything connects.
+    methods, tls = authenticators(settings), server_tls(settings)
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         metrics.changelog_retention.set(settings.retention)
@@ -203,15 +208,23 @@ async def serve(
             metrics,
         )
         metrics.watch_subscribers(lambda: hub.subscribers)
+        access = open_access(settings, methods, store)
+        verified = access is not None
         servicer = BlackboardServicer(
             blackboard,
             subscriptions,
+            access or Access((), store),
             tenant=settings.tenant,
             write_timeout_s=settings.subscriber_write_timeout_s,
+            verified=verified,
         )
-
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            ObservingInterceptor(metrics, tracing, tenant=settings.tenant, verified=verified)
+        ]
+        if access is not None:
+            interceptors.append(AuthInterceptor(access))
         server = grpc.aio.server(
-            interceptors=[ObservingInterceptor(metrics, tracing, tenant=settings.tenant)],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
                 ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
@@ -222,7 +235,8 @@ async def serve(
             [
                 generic_handler(BLACKBOARD, servicer),
                 generic_handler(
-                    COORDINATION, CoordinationServicer(coordination, tenant=settings.tenant)
+                    COORDINATION,
+                    CoordinationServicer(coordination, tenant=settings.tenant, verified=verified),
                 ),
             ]
         )
@@ -237,7 +251,7 @@ async def serve(
             ),
             server,
         )
-        port = server.add_insecure_port(settings.listen)
+        port = add_port(server, settings, tls)
         metrics_port = 0
         if settings.metrics_port:
             host = settings.metrics_host or settings.listen.rpartition(":")[0].strip("[]")

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
+from blackboard_server.domain.auth import valid_tenant
 from blackboard_server.domain.limits import Limits
 
 ENV_PREFIX = "BB_"
@@ -80,6 +81,21 @@ class Settings:
     sweep_interval_s: float = 0.2
     shutdown_grace_s: float = 10.0
     uvloop: bool = True
+    # TLS and authentication (docs/security.md).
+    tls_cert_file: str = ""  # PEM certificate chain; empty: plaintext
+    tls_key_file: str = ""  # PEM private key of tls_cert_file
+    tls_client_ca_file: str = ""  # PEM CAs that sign client certificates
+    tls_client_auth: str = "none"  # none | require (needs tls_client_ca_file)
+    auth: str = "none"  # none, or methods tried in order: tokens, jwt, mtls (comma-separated)
+    auth_tokens_file: str = ""  # JSON: SHA-256 hashes of bearer tokens and their identities
+    jwt_keys_file: str = ""  # a PEM public key, a JWKS document, or an HS256 secret
+    jwt_algorithms: str = "HS256,RS256,ES256"
+    jwt_issuer: str = ""  # empty: not checked
+    jwt_audience: str = ""  # required with jwt
+    jwt_leeway_s: float = 30.0  # clock skew allowed on exp and nbf
+    jwt_tenant_claim: str = "tenant"
+    jwt_agent_claim: str = "sub"
+    jwt_roles_claim: str = "roles"  # a list, or a space-separated string
 
     @property
     def embedded(self) -> bool:
@@ -88,6 +104,15 @@ class Settings:
     @property
     def etcd(self) -> list[str]:
         return [e.strip() for e in self.etcd_endpoints.split(",") if e.strip()]
+
+    @property
+    def auth_methods(self) -> list[str]:
+        listed = [m.strip() for m in self.auth.split(",") if m.strip()]
+        return [] if listed == ["none"] else listed
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def limits(self) -> Limits:
@@ -125,6 +150,7 @@ def validated(settings: Settings) -> Settings:
             "embedded mode has no authentication and is not durable: it listens on loopback "
             f"only (got {settings.listen!r}); set --redis-url for a real deployment"
         )
+    _validate_auth(settings, host)
     if settings.log_format not in ("auto", "json", "console"):
         raise SettingsError("log_format: expected auto, json or console")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -185,6 +211,61 @@ def _validate_redis(settings: Settings) -> None:
         raise SettingsError(
             "redis_wait_timeout_ms: must be positive and shorter than redis_timeout_s"
         )
+
+
+AUTH_METHODS = ("tokens", "jwt", "mtls")
+JWT_ALGORITHMS = ("HS256", "RS256", "ES256")
+
+
+def _validate_auth(settings: Settings, host: str) -> None:
+    """TLS and authentication settings: complete, and consistent with `listen`."""
+    s = settings
+    methods = s.auth_methods
+    if not valid_tenant(s.tenant):
+        raise SettingsError("tenant: 1-64 characters of A-Z a-z 0-9 . _ - (letter or digit first)")
+    if s.auth.strip() != "none" and (not methods or any(m not in AUTH_METHODS for m in methods)):
+        raise SettingsError("auth: expected none, or a comma-separated list of tokens, jwt, mtls")
+    if len(set(methods)) != len(methods):
+        raise SettingsError("auth: a method is listed twice")
+    if not methods and not _is_loopback(host):
+        raise SettingsError(
+            f"auth: listening on {s.listen!r} needs authentication; set --auth "
+            "(tokens, jwt or mtls) or listen on loopback"
+        )
+    if bool(s.tls_cert_file) != bool(s.tls_key_file):
+        raise SettingsError("tls_cert_file and tls_key_file: give both, or neither")
+    if s.tls_client_auth == "optional":
+        raise SettingsError(
+            "tls_client_auth: optional is not supported (gRPC's Python server either "
+            "requires a client certificate or does not ask for one); use none or require"
+        )
+    if s.tls_client_auth not in ("none", "require"):
+        raise SettingsError("tls_client_auth: expected none or require")
+    if s.tls_client_auth == "require" and not (s.tls and s.tls_client_ca_file):
+        raise SettingsError("tls_client_auth=require needs tls_cert_file and tls_client_ca_file")
+    if s.tls_client_ca_file and s.tls_client_auth == "none":
+        raise SettingsError("tls_client_ca_file is only used with tls_client_auth=require")
+    if "mtls" in methods and s.tls_client_auth != "require":
+        raise SettingsError("auth=mtls needs tls_client_auth=require")
+    if "tokens" in methods and not s.auth_tokens_file:
+        raise SettingsError("auth=tokens needs auth_tokens_file")
+    if "jwt" in methods:
+        if not s.jwt_keys_file:
+            raise SettingsError("auth=jwt needs jwt_keys_file")
+        if not s.jwt_audience:
+            raise SettingsError(
+                "auth=jwt needs jwt_audience (a token for another service must fail)"
+            )
+        algorithms = [a.strip() for a in s.jwt_algorithms.split(",") if a.strip()]
+        if not algorithms or any(a not in JWT_ALGORITHMS for a in algorithms):
+            raise SettingsError(
+                "jwt_algorithms: expected a comma-separated list of HS256, RS256, ES256"
+            )
+        if not 0 <= s.jwt_leeway_s <= 600:
+            raise SettingsError("jwt_leeway_s: expected 0 to 600 seconds")
+        for name in ("jwt_tenant_claim", "jwt_agent_claim", "jwt_roles_claim"):
+            if not getattr(s, name):
+                raise SettingsError(f"{name}: must not be empty")
 
 
 def _is_loopback(host: str) -> bool:

@@ -50,7 +50,18 @@ class StateStore(Protocol):
         ...
 
     async def delete_conversation(self, ref: ConversationRef) -> None:
-        """Deletes the conversation, its entries and its log. Raises ConversationNotFound."""
+        """Deletes the conversation, its entries, its log and its grants.
+        Raises ConversationNotFound."""
+        ...
+
+    async def grants(self, ref: ConversationRef) -> dict[str, int]:
+        """The roles (domain.auth.Role values) granted on the conversation, by subject.
+        Raises ConversationNotFound."""
+        ...
+
+    async def set_grant(self, ref: ConversationRef, subject: str, role: int) -> bool:
+        """Grants `role` to `subject`, replacing its grant; role 0 revokes. Whether the
+        subject had a grant before. Raises ConversationNotFound."""
         ...
 
     async def commit(

@@ -174,6 +174,44 @@ async def test_delete_removes_everything(store: StateStore, ref: ConversationRef
     assert again == CommitResult(True, 1, (OpResult("k", 1, 1),))
 
 
+# --- grants ----------------------------------------------------------------------
+
+
+async def test_grants_are_set_replaced_revoked_and_go_with_the_conversation(
+    store: StateStore, ref: ConversationRef
+) -> None:
+    assert await store.grants(ref) == {}
+    assert await store.set_grant(ref, "planner", 2) is False
+    assert await store.set_grant(ref, "*", 1) is False
+    assert await store.set_grant(ref, "planner", 3) is True
+    assert await store.grants(ref) == {"planner": 3, "*": 1}
+    other = ConversationRef(ref.tenant + "x", ref.id)  # the same id in another tenant
+    await store.create_conversation(other, {}, 0, now_ms=1_000)
+    assert await store.grants(other) == {}
+    assert await store.set_grant(ref, "*", 0) is True
+    assert await store.set_grant(ref, "nobody", 0) is False
+    assert await store.grants(ref) == {"planner": 3}
+    before = await everything(store, ref)
+    assert before[0] == 0  # grants are not writes: no revision, no event
+    await store.delete_conversation(ref)
+    await store.create_conversation(ref, {}, 0, now_ms=1_000)
+    assert await store.grants(ref) == {}
+
+
+async def test_grants_of_a_missing_conversation_are_not_found(
+    store: StateStore, ref: ConversationRef
+) -> None:
+    # (Through `ref`, so the store has created a conversation: a Redis store that has not
+    # hangs in this suite's teardown; the suite's other not-found test writes first too.)
+    ref = ConversationRef(ref.tenant, "missing")
+    with pytest.raises(ConversationNotFound):
+        await store.grants(ref)
+    with pytest.raises(ConversationNotFound):
+        await store.set_grant(ref, "planner", 1)
+    with pytest.raises(ConversationNotFound):
+        await store.get_conversation(ref)  # nothing was created on the way
+
+
 # --- writes ----------------------------------------------------------------------
 
 

@@ -62,6 +62,12 @@ SAMPLES: list[e.BlackboardError] = [
     e.LockHeld("task/42", "worker-2", 1234),
     e.NotHolder("task/42", 1200),
     e.WaitExpired("task/42", 5000),
+    e.CredentialsMissing(),
+    e.CredentialsInvalid("unknown token"),
+    e.CredentialsExpired(),
+    e.RoleRequired("writer", "conv"),
+    e.TenantMismatch("acme"),
+    e.MethodNotAllowed("/blackboard.v1.Blackboard/Nope"),
 ]
 
 
@@ -73,6 +79,7 @@ def domain_error_classes() -> set[type[e.BlackboardError]]:
         and issubclass(cls, e.BlackboardError)
         and cls is not e.BlackboardError
         and cls.__module__ == e.__name__
+        and "reason" in vars(cls)  # not a grouping base (Unauthenticated, PermissionDenied)
     }
 
 

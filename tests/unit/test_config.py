@@ -112,8 +112,13 @@ def test_embedded_mode_listens_on_loopback(listen: str) -> None:
 def test_embedded_mode_refuses_a_non_loopback_address(listen: str) -> None:
     with pytest.raises(SettingsError, match="loopback"):
         Settings.load([], {"BB_LISTEN": listen})
-    # With a store configured it is a real deployment and may listen anywhere.
-    s = Settings.load(["--redis-url", "redis://r:6379/0"], {"BB_LISTEN": listen})
+    # With a store configured it is a real deployment: it may listen anywhere, with auth.
+    with pytest.raises(SettingsError, match="needs authentication"):
+        Settings.load(["--redis-url", "redis://r:6379/0"], {"BB_LISTEN": listen})
+    s = Settings.load(
+        ["--redis-url", "redis://r:6379/0", "--auth", "tokens", "--auth-tokens-file", "t.json"],
+        {"BB_LISTEN": listen},
+    )
     assert not s.embedded and s.listen == listen
 
 
@@ -190,10 +195,71 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "max_session_ttl_ms": str(600_000),  # must stay above session_ttl_ms's default
         "durability": "fast",
         "redis_timeout_s": "7.5",  # must stay above redis_wait_timeout_ms's default
+        "tls_client_auth": "require",
+        "auth": "tokens",
+    }
+    # What a field needs beside it to pass validation.
+    tls = ["--tls-cert-file", "c", "--tls-key-file", "k"]
+    companions = {
+        "tls_cert_file": ["--tls-key-file", "k"],
+        "tls_key_file": ["--tls-cert-file", "c"],
+        "tls_client_ca_file": [*tls, "--tls-client-auth", "require"],
+        "tls_client_auth": [*tls, "--tls-client-ca-file", "ca"],
+        "auth": ["--auth-tokens-file", "t"],
     }
     defaults = Settings()
     for f in dataclasses.fields(Settings):
         raw = special.get(f.name, samples[str(f.type)])
-        from_env = Settings.load([], {"BB_" + f.name.upper(): raw})
-        from_flag = Settings.load(["--" + f.name.replace("_", "-"), raw], {})
+        extra = companions.get(f.name, [])
+        from_env = Settings.load(extra, {"BB_" + f.name.upper(): raw})
+        from_flag = Settings.load([*extra, "--" + f.name.replace("_", "-"), raw], {})
         assert getattr(from_env, f.name) == getattr(from_flag, f.name) != getattr(defaults, f.name)
+
+
+# --- TLS and authentication ------------------------------------------------------------
+
+JWT = ["--auth", "jwt", "--jwt-keys-file", "k.pem", "--jwt-audience", "bb"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--auth", "password"], "auth: expected none"),
+        (["--auth", "tokens,none"], "auth: expected none"),
+        (["--auth", ","], "auth: expected none"),
+        (["--auth", "tokens,tokens", "--auth-tokens-file", "t"], "listed twice"),
+        (["--auth", "tokens"], "auth_tokens_file"),
+        (["--auth", "jwt", "--jwt-audience", "bb"], "jwt_keys_file"),
+        (["--auth", "jwt", "--jwt-keys-file", "k.pem"], "jwt_audience"),
+        ([*JWT, "--jwt-algorithms", "none"], "jwt_algorithms"),
+        ([*JWT, "--jwt-algorithms", "HS256,PS256"], "jwt_algorithms"),
+        ([*JWT, "--jwt-leeway-s", "-1"], "jwt_leeway_s"),
+        ([*JWT, "--jwt-tenant-claim", ""], "jwt_tenant_claim"),
+        (["--tenant", "a/b"], "tenant: 1-64"),
+        (["--tls-cert-file", "c.pem"], "give both"),
+        (["--tls-key-file", "k.pem"], "give both"),
+        (["--tls-client-auth", "maybe"], "tls_client_auth: expected"),
+        (["--tls-client-auth", "optional"], "optional is not supported"),
+        (["--tls-client-auth", "require"], "needs tls_cert_file and tls_client_ca_file"),
+        (
+            ["--tls-cert-file", "c", "--tls-key-file", "k", "--tls-client-ca-file", "ca"],
+            "only used with tls_client_auth=require",
+        ),
+        (["--auth", "mtls", "--tls-cert-file", "c", "--tls-key-file", "k"], "auth=mtls needs"),
+    ],
+)
+def test_auth_settings_are_checked(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.load(argv, {})
+
+
+def test_auth_defaults_to_none_and_lists_are_read_in_order() -> None:
+    assert Settings().auth_methods == [] and not Settings().tls
+    mtls = ["--tls-cert-file", "c", "--tls-key-file", "k", "--tls-client-ca-file", "ca"]
+    mtls += ["--tls-client-auth", "require"]
+    s = Settings.load(
+        ["--auth", " mtls, jwt ,tokens", "--auth-tokens-file", "t", *JWT[2:], *mtls], {}
+    )
+    assert s.auth_methods == ["mtls", "jwt", "tokens"] and s.tls
+    # Auth on: any address, with a store (embedded mode stays on loopback).
+    assert s.replace(listen="0.0.0.0:1", redis_url="redis://r:1/0").listen == "0.0.0.0:1"

@@ -89,6 +89,12 @@ SERVER_ERRORS: list[domain.BlackboardError] = [
     domain.LockHeld("task/42", "worker-2", 1234),
     domain.NotHolder("task/42", 1200),
     domain.WaitExpired("task/42", 5000),
+    domain.CredentialsMissing(),
+    domain.CredentialsInvalid("wrong audience"),
+    domain.CredentialsExpired(),
+    domain.RoleRequired("admin", "c-1"),
+    domain.TenantMismatch("acme"),
+    domain.MethodNotAllowed("/x.Y/Z"),
 ]
 
 

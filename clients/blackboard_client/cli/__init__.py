@@ -36,8 +36,8 @@ from blackboard_client.cli._common import (
 __all__ = ["build_parser", "main"]
 
 _EPILOG = f"""\
-environment: BB_TARGET, BB_AGENT_ID, BB_TOKEN (flags win over variables).
-TLS is not supported yet: the SDK's connect() opens plaintext channels only.
+environment: BB_TARGET, BB_AGENT_ID, BB_TOKEN, BB_TLS, BB_TLS_CA, BB_TLS_CERT, BB_TLS_KEY,
+BB_TLS_SERVER_NAME (flags win over variables).
 
 {EXIT_CODES_HELP}"""
 

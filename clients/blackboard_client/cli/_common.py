@@ -29,6 +29,7 @@ from blackboard_client import (
     NotFound,
     NotHolder,
     PermissionDenied,
+    Tls,
     Unauthenticated,
     Unavailable,
     Value,
@@ -122,8 +123,9 @@ class Options:
     target: str
     agent_id: str
     timeout: float | None
-    token: str
-    output: str  # "text" or "json"
+    token: str = field(repr=False)  # never printed
+    output: str = "text"  # "text" or "json"
+    tls: Tls | None = None
     #: The process environment, handed on to a CMD that bb runs.
     environ: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -138,6 +140,7 @@ class Options:
             timeout=timeout,
             token=args.token or environ.get("BB_TOKEN") or "",
             output=args.output,
+            tls=tls_from_args(args, environ),
             environ=dict(environ),
         )
 
@@ -147,10 +150,33 @@ class Options:
 
     def client(self) -> Client:
         """A client for `async with`; the token goes as a bearer authorization header."""
-        metadata = {"authorization": f"Bearer {self.token}"} if self.token else {}
         return connect(
-            self.target, agent_id=self.agent_id or None, timeout=self.timeout, metadata=metadata
+            self.target,
+            agent_id=self.agent_id or None,
+            timeout=self.timeout,
+            token=self.token or None,
+            tls=self.tls,
         )
+
+
+def tls_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Tls | None:
+    """TLS when --tls or any --tls-* option (or BB_TLS* variable) is given; else plaintext."""
+    given = {
+        name: getattr(args, name, None) or environ.get("BB_" + name.upper()) or ""
+        for name in ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+    }
+    enabled = getattr(args, "tls", False) or environ.get("BB_TLS", "") in ("1", "true", "yes")
+    if not enabled and not any(given.values()):
+        return None
+    try:
+        return Tls(
+            ca_file=given["tls_ca"],
+            cert_file=given["tls_cert"],
+            key_file=given["tls_key"],
+            server_name=given["tls_server_name"],
+        )
+    except ValueError:
+        raise UsageError("--tls-cert and --tls-key go together") from None
 
 
 def add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
@@ -181,7 +207,35 @@ def add_global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> No
     group.add_argument(
         "--token",
         default=default(None),
-        help="bearer token, sent as the authorization header (env BB_TOKEN)",
+        help="bearer token, sent as the authorization header (env BB_TOKEN; "
+        "prefer the variable: flags show in process lists)",
+    )
+    group.add_argument(
+        "--tls",
+        action="store_true",
+        default=default(False),
+        help="use TLS, trusting the system's CAs (env BB_TLS=1; implied by any --tls-*)",
+    )
+    group.add_argument(
+        "--tls-ca", default=default(None), metavar="FILE", help="CA bundle (PEM) (env BB_TLS_CA)"
+    )
+    group.add_argument(
+        "--tls-cert",
+        default=default(None),
+        metavar="FILE",
+        help="client certificate (PEM), for mTLS (env BB_TLS_CERT)",
+    )
+    group.add_argument(
+        "--tls-key",
+        default=default(None),
+        metavar="FILE",
+        help="client certificate's key (PEM) (env BB_TLS_KEY)",
+    )
+    group.add_argument(
+        "--tls-server-name",
+        default=default(None),
+        metavar="NAME",
+        help="name the server's certificate must carry (env BB_TLS_SERVER_NAME)",
     )
     group.add_argument(
         "-o",

@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from blackboard_client._errors import error_from_rpc
+from blackboard_client._tls import open_channel
 from blackboard_client.cli._common import UNAVAILABLE, Options, command
 from blackboard_client.cli._output import Output
 
@@ -25,7 +26,7 @@ def register(subparsers: Any) -> None:
 async def _health(args: argparse.Namespace, opts: Options) -> int:
     service: str = args.service
     metadata = (("authorization", f"Bearer {opts.token}"),) if opts.token else ()
-    async with grpc.aio.insecure_channel(opts.target) as channel:
+    async with open_channel(opts.target, opts.tls) as channel:
         # Not HealthStub: its type stubs do not declare Check.
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",

@@ -66,6 +66,18 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """NOT_FOUND: nobody holds the lock or leads the role"""
     WAIT_EXPIRED: _ErrorReason.ValueType  # 19
     """DEADLINE_EXCEEDED: the lock or campaign wait ran out"""
+    CREDENTIALS_MISSING: _ErrorReason.ValueType  # 20
+    """UNAUTHENTICATED: the call carried no token and no client certificate"""
+    CREDENTIALS_INVALID: _ErrorReason.ValueType  # 21
+    """UNAUTHENTICATED: the token or certificate was not accepted"""
+    CREDENTIALS_EXPIRED: _ErrorReason.ValueType  # 22
+    """UNAUTHENTICATED: the token has expired"""
+    ROLE_REQUIRED: _ErrorReason.ValueType  # 23
+    """PERMISSION_DENIED: metadata has role, conversation (the role the call needs)"""
+    TENANT_MISMATCH: _ErrorReason.ValueType  # 24
+    """PERMISSION_DENIED: metadata has tenant (the x-tenant header names another tenant)"""
+    METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 25
+    """PERMISSION_DENIED: metadata has method (a method no role may call)"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """---------------------------------------------------------------------------
@@ -114,7 +126,49 @@ NO_HOLDER: ErrorReason.ValueType  # 18
 """NOT_FOUND: nobody holds the lock or leads the role"""
 WAIT_EXPIRED: ErrorReason.ValueType  # 19
 """DEADLINE_EXCEEDED: the lock or campaign wait ran out"""
+CREDENTIALS_MISSING: ErrorReason.ValueType  # 20
+"""UNAUTHENTICATED: the call carried no token and no client certificate"""
+CREDENTIALS_INVALID: ErrorReason.ValueType  # 21
+"""UNAUTHENTICATED: the token or certificate was not accepted"""
+CREDENTIALS_EXPIRED: ErrorReason.ValueType  # 22
+"""UNAUTHENTICATED: the token has expired"""
+ROLE_REQUIRED: ErrorReason.ValueType  # 23
+"""PERMISSION_DENIED: metadata has role, conversation (the role the call needs)"""
+TENANT_MISMATCH: ErrorReason.ValueType  # 24
+"""PERMISSION_DENIED: metadata has tenant (the x-tenant header names another tenant)"""
+METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 25
+"""PERMISSION_DENIED: metadata has method (a method no role may call)"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
+class _Role:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    ROLE_READER: _Role.ValueType  # 1
+    """reads, the change stream, observing locks, leaders and sessions"""
+    ROLE_WRITER: _Role.ValueType  # 2
+    """+ writes, sessions, locks, campaigns"""
+    ROLE_ADMIN: _Role.ValueType  # 3
+    """+ deleting the conversation and granting roles"""
+
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """---------------------------------------------------------------------------
+    Access: roles on a conversation, granted by its admins. An identity's own
+    roles (from its token or certificate) count too; see docs/security.md.
+    ---------------------------------------------------------------------------
+    """
+
+ROLE_UNSPECIFIED: Role.ValueType  # 0
+ROLE_READER: Role.ValueType  # 1
+"""reads, the change stream, observing locks, leaders and sessions"""
+ROLE_WRITER: Role.ValueType  # 2
+"""+ writes, sessions, locks, campaigns"""
+ROLE_ADMIN: Role.ValueType  # 3
+"""+ deleting the conversation and granting roles"""
+Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
 class Value(_message.Message):
@@ -1481,6 +1535,153 @@ class SubscribeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___SubscribeResponse: _TypeAlias = SubscribeResponse  # noqa: Y015
+
+@_typing.final
+class Grant(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    """an agent id of the conversation's tenant, or "*" for all of them"""
+    role: Global___Role.ValueType
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["role", b"role", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Grant: _TypeAlias = Grant  # noqa: Y015
+
+@_typing.final
+class GrantRoleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    subject: _builtins.str
+    role: Global___Role.ValueType
+    """replaces the subject's earlier grant on this conversation"""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+        role: Global___Role.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "role", b"role", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantRoleRequest: _TypeAlias = GrantRoleRequest  # noqa: Y015
+
+@_typing.final
+class GrantRoleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantRoleResponse: _TypeAlias = GrantRoleResponse  # noqa: Y015
+
+@_typing.final
+class RevokeRoleRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    subject: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        subject: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeRoleRequest: _TypeAlias = RevokeRoleRequest  # noqa: Y015
+
+@_typing.final
+class RevokeRoleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_FIELD_NUMBER: _builtins.int
+    revoked: _builtins.bool
+    """false: the subject had no grant here"""
+    def __init__(
+        self,
+        *,
+        revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeRoleResponse: _TypeAlias = RevokeRoleResponse  # noqa: Y015
+
+@_typing.final
+class ListGrantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantsRequest: _TypeAlias = ListGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListGrantsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]:
+        """by subject"""
+
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___Grant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantsResponse: _TypeAlias = ListGrantsResponse  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):

@@ -99,6 +99,21 @@ class BlackboardStub:
                 request_serializer=blackboard_dot_v1_dot_blackboard__pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.SubscribeResponse.FromString,
                 _registered_method=True)
+        self.GrantRole = channel.unary_unary(
+                '/blackboard.v1.Blackboard/GrantRole',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.GrantRoleRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.GrantRoleResponse.FromString,
+                _registered_method=True)
+        self.RevokeRole = channel.unary_unary(
+                '/blackboard.v1.Blackboard/RevokeRole',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.RevokeRoleRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.RevokeRoleResponse.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/blackboard.v1.Blackboard/ListGrants',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
 
 
 class BlackboardServicer:
@@ -182,6 +197,24 @@ class BlackboardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GrantRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeRole(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlackboardServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +282,21 @@ def add_BlackboardServicer_to_server(servicer, server):
                     servicer.Subscribe,
                     request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.SubscribeRequest.FromString,
                     response_serializer=blackboard_dot_v1_dot_blackboard__pb2.SubscribeResponse.SerializeToString,
+            ),
+            'GrantRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.GrantRole,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.GrantRoleRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.GrantRoleResponse.SerializeToString,
+            ),
+            'RevokeRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeRole,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.RevokeRoleRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.RevokeRoleResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.ListGrantsRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.ListGrantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +650,87 @@ class Blackboard:
             '/blackboard.v1.Blackboard/Subscribe',
             blackboard_dot_v1_dot_blackboard__pb2.SubscribeRequest.SerializeToString,
             blackboard_dot_v1_dot_blackboard__pb2.SubscribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Blackboard/GrantRole',
+            blackboard_dot_v1_dot_blackboard__pb2.GrantRoleRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.GrantRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Blackboard/RevokeRole',
+            blackboard_dot_v1_dot_blackboard__pb2.RevokeRoleRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.RevokeRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/blackboard.v1.Blackboard/ListGrants',
+            blackboard_dot_v1_dot_blackboard__pb2.ListGrantsRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.ListGrantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

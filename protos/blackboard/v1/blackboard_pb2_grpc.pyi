@@ -46,6 +46,9 @@ class BlackboardStub:
     Patch: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.PatchRequest, _blackboard_pb2.PatchResponse]
     Txn: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.TxnRequest, _blackboard_pb2.TxnResponse]
     Subscribe: _grpc.UnaryStreamMultiCallable[_blackboard_pb2.SubscribeRequest, _blackboard_pb2.SubscribeResponse]
+    GrantRole: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.GrantRoleRequest, _blackboard_pb2.GrantRoleResponse]
+    RevokeRole: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.RevokeRoleRequest, _blackboard_pb2.RevokeRoleResponse]
+    ListGrants: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.ListGrantsRequest, _blackboard_pb2.ListGrantsResponse]
 
 @_typing.type_check_only
 class BlackboardAsyncStub(BlackboardStub):
@@ -63,6 +66,9 @@ class BlackboardAsyncStub(BlackboardStub):
     Patch: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.PatchRequest, _blackboard_pb2.PatchResponse]  # type: ignore[assignment]
     Txn: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.TxnRequest, _blackboard_pb2.TxnResponse]  # type: ignore[assignment]
     Subscribe: _aio.UnaryStreamMultiCallable[_blackboard_pb2.SubscribeRequest, _blackboard_pb2.SubscribeResponse]  # type: ignore[assignment]
+    GrantRole: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.GrantRoleRequest, _blackboard_pb2.GrantRoleResponse]  # type: ignore[assignment]
+    RevokeRole: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.RevokeRoleRequest, _blackboard_pb2.RevokeRoleResponse]  # type: ignore[assignment]
+    ListGrants: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.ListGrantsRequest, _blackboard_pb2.ListGrantsResponse]  # type: ignore[assignment]
 
 class BlackboardServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -155,6 +161,27 @@ class BlackboardServicer(metaclass=_abc_1.ABCMeta):
         request: _blackboard_pb2.SubscribeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_blackboard_pb2.SubscribeResponse], _abc.AsyncIterator[_blackboard_pb2.SubscribeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GrantRole(
+        self,
+        request: _blackboard_pb2.GrantRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.GrantRoleResponse, _abc.Awaitable[_blackboard_pb2.GrantRoleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeRole(
+        self,
+        request: _blackboard_pb2.RevokeRoleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.RevokeRoleResponse, _abc.Awaitable[_blackboard_pb2.RevokeRoleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListGrants(
+        self,
+        request: _blackboard_pb2.ListGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blackboard_pb2.ListGrantsResponse, _abc.Awaitable[_blackboard_pb2.ListGrantsResponse]]: ...
 
 def add_BlackboardServicer_to_server(servicer: BlackboardServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -94,6 +94,12 @@ class InstrumentedStore:
     async def delete_conversation(self, ref: ConversationRef) -> None:
         await self._timed("delete_conversation", self.inner.delete_conversation(ref))
 
+    async def grants(self, ref: ConversationRef) -> dict[str, int]:
+        return await self._timed("grants", self.inner.grants(ref))
+
+    async def set_grant(self, ref: ConversationRef, subject: str, role: int) -> bool:
+        return await self._timed("set_grant", self.inner.set_grant(ref, subject, role))
+
     async def commit(
         self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
     ) -> CommitResult:

@@ -50,6 +50,7 @@ class _Conversation:
     reply_expiry: deque[tuple[int, str]] = field(default_factory=deque)
     bindings: dict[str, set[str]] = field(default_factory=dict)  # session -> bound keys
     ended: dict[str, int] = field(default_factory=dict)  # session -> when its end was recorded
+    grants: dict[str, int] = field(default_factory=dict)  # subject -> role
 
     def view(self) -> Conversation:
         return Conversation(
@@ -96,6 +97,18 @@ class MemoryStore:
         self._get(ref)
         del self._conversations[ref]
         self._notify(ref, None)
+
+    async def grants(self, ref: ConversationRef) -> dict[str, int]:
+        return dict(self._get(ref).grants)
+
+    async def set_grant(self, ref: ConversationRef, subject: str, role: int) -> bool:
+        grants = self._get(ref).grants
+        had = subject in grants
+        if role:
+            grants[subject] = role
+        else:
+            grants.pop(subject, None)
+        return had
 
     def _get(self, ref: ConversationRef) -> _Conversation:
         conv = self._conversations.get(ref)

@@ -12,6 +12,7 @@ All keys of a conversation share the hash tag `{tenant/id}`:
     <prefix>:{tenant/id}:f   hash   fence mark -> the current holder's token
     <prefix>:{tenant/id}:b   zset   `session NUL key` for every entry bound to a session
     <prefix>:{tenant/id}:e   zset   session ids whose end was recorded, by when
+    <prefix>:{tenant/id}:g   hash   subject -> granted role (1 reader, 2 writer, 3 admin)
     <prefix>:{tenant/id}:n   pub/sub channel: the encoded event, or empty
     <prefix>:conversations:<tenant>  zset  conversation ids of a tenant
     <prefix>:ttl                     zset  `tenant/id` by its earliest entry expiry
@@ -97,7 +98,8 @@ class Keys:
     def of(cls, prefix: str, ref: ConversationRef) -> Keys:
         tag = f"{ref.tenant}/{ref.id}"
         base = f"{prefix}:{{{tag}}}"
-        every = tuple(f"{base}:{s}" for s in ("m", "d", "k", "l", "i", "j", "x", "f", "b", "e"))
+        suffixes = ("m", "d", "k", "l", "i", "j", "x", "f", "b", "e", "g")
+        every = tuple(f"{base}:{s}" for s in suffixes)
         return cls(tag, f"{base}:m", f"{base}:n".encode(), every)
 
     @staticmethod

@@ -248,6 +248,21 @@ class RedisStore:
         if not deleted:
             raise ConversationNotFound(ref.id)
 
+    async def grants(self, ref: ConversationRef) -> dict[str, int]:
+        async with self._guard():
+            reply = await self._run("conversation", self._keys(ref).all, "grants")
+        if reply is None:
+            raise ConversationNotFound(ref.id)
+        flat = [codec.as_bytes(x).decode() for x in reply]
+        return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def set_grant(self, ref: ConversationRef, subject: str, role: int) -> bool:
+        async with self._guard():
+            had = await self._run("conversation", self._keys(ref).all, "grant", subject, role)
+        if had < 0:
+            raise ConversationNotFound(ref.id)
+        return bool(had)
+
     # --- writes ---------------------------------------------------------------
 
     async def commit(

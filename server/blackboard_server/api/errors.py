@@ -45,6 +45,12 @@ TABLE: tuple[tuple[type[e.BlackboardError], grpc.StatusCode], ...] = (
     (e.WaitExpired, grpc.StatusCode.DEADLINE_EXCEEDED),
     (e.BackendUnavailable, grpc.StatusCode.UNAVAILABLE),
     (e.ShuttingDown, grpc.StatusCode.UNAVAILABLE),
+    (e.CredentialsMissing, grpc.StatusCode.UNAUTHENTICATED),
+    (e.CredentialsInvalid, grpc.StatusCode.UNAUTHENTICATED),
+    (e.CredentialsExpired, grpc.StatusCode.UNAUTHENTICATED),
+    (e.RoleRequired, grpc.StatusCode.PERMISSION_DENIED),
+    (e.TenantMismatch, grpc.StatusCode.PERMISSION_DENIED),
+    (e.MethodNotAllowed, grpc.StatusCode.PERMISSION_DENIED),
 )
 
 

@@ -8,6 +8,8 @@ and, at info, one dict and one rendered line; with tracing off no span is made.
 
 The access line never carries metadata wholesale: only `x-agent-id` and
 `x-request-id` are read, so an `authorization` header never reaches a log.
+With authentication on, tenant and agent are the verified identity's (empty
+for a call turned away before it was verified), never the client's header.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 
+from blackboard_server.api.auth import IDENTITY
 from blackboard_server.api.errors import REASON
 from blackboard_server.api.outcomes import Outcome, outcome_for
 from blackboard_server.metrics import Metrics
@@ -83,10 +86,13 @@ class _Method:
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, metrics: Metrics, tracing: Tracing | None, *, tenant: str) -> None:
+    def __init__(
+        self, metrics: Metrics, tracing: Tracing | None, *, tenant: str, verified: bool = False
+    ) -> None:
         self._metrics = metrics
         self._tracing = tracing
         self._tenant = tenant
+        self._verified = verified
         # Bound now, after logs.configure: a concrete logger, not a lazy proxy per call.
         self._log = structlog.get_logger("blackboard.rpc").bind()
         self._info = self._log.is_enabled_for(logging.INFO)
@@ -226,10 +232,14 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 agent = str(value)[:128]
             elif key == REQUEST_ID_HEADER:
                 request_id = str(value)[:128]
+        tenant = self._tenant
+        if self._verified:
+            who = IDENTITY.get()
+            tenant, agent = (who.tenant, who.agent_id) if who is not None else ("", "")
         fields = {
             "rpc": m.rpc,
             "request_id": request_id or f"{self._id_prefix}-{next(self._ids):x}",
-            "tenant": self._tenant,
+            "tenant": tenant,
             "conversation": m.conversation(request) if request is not None else "",
             "agent": agent,
         }

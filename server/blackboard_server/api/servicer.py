@@ -10,8 +10,11 @@ import grpc
 
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_server.api import convert
+from blackboard_server.api.auth import IDENTITY
 from blackboard_server.api.errors import unary
-from blackboard_server.domain.errors import SlowSubscriber
+from blackboard_server.domain.auth import Role
+from blackboard_server.domain.errors import CredentialsMissing, SlowSubscriber
+from blackboard_server.services.access import Access
 from blackboard_server.services.blackboard import BlackboardService, Caller
 from blackboard_server.services.subscription import SubscribeOptions, Subscriptions, resume_point
 
@@ -19,7 +22,15 @@ Context = grpc.aio.ServicerContext[Any, Any]
 AGENT_HEADER = "x-agent-id"
 
 
-def caller(context: Context, tenant: str) -> Caller:
+def caller(context: Context, tenant: str, verified: bool) -> Caller:
+    """Who the call acts for. With authentication on, the verified identity (never a
+    header); with auth none, the configured tenant and the agent the client names."""
+    if verified:
+        who = IDENTITY.get()
+        if who is None:
+            # Unreachable: the interceptor admits no call without an identity.
+            raise CredentialsMissing()
+        return Caller(tenant=who.tenant, agent_id=who.agent_id)
     agent = ""
     for key, value in context.invocation_metadata() or ():
         if key == AGENT_HEADER:
@@ -32,17 +43,21 @@ class BlackboardServicer:
         self,
         blackboard: BlackboardService,
         subscriptions: Subscriptions,
+        access: Access,
         *,
         tenant: str,
         write_timeout_s: float,
+        verified: bool = False,
     ) -> None:
         self._bb = blackboard
         self._subs = subscriptions
+        self._access = access
         self._tenant = tenant
         self._write_timeout = write_timeout_s
+        self._verified = verified
 
     def _caller(self, context: Context) -> Caller:
-        return caller(context, self._tenant)
+        return caller(context, self._tenant, self._verified)
 
     @unary
     async def CreateConversation(self, r: pb.CreateConversationRequest, c: Context) -> Any:
@@ -64,8 +79,27 @@ class BlackboardServicer:
 
     @unary
     async def DeleteConversation(self, r: pb.DeleteConversationRequest, c: Context) -> Any:
-        await self._bb.delete_conversation(self._caller(c), r.id)
+        who = self._caller(c)
+        await self._bb.delete_conversation(who, r.id)
+        self._access.forget(who.conversation(r.id))
         return pb.DeleteConversationResponse()
+
+    @unary
+    async def GrantRole(self, r: pb.GrantRoleRequest, c: Context) -> Any:
+        await self._access.grant(self._caller(c), r.conversation_id, r.subject, r.role)
+        return pb.GrantRoleResponse()
+
+    @unary
+    async def RevokeRole(self, r: pb.RevokeRoleRequest, c: Context) -> Any:
+        revoked = await self._access.revoke(self._caller(c), r.conversation_id, r.subject)
+        return pb.RevokeRoleResponse(revoked=revoked)
+
+    @unary
+    async def ListGrants(self, r: pb.ListGrantsRequest, c: Context) -> Any:
+        grants = await self._access.list_grants(self._caller(c), r.conversation_id)
+        return pb.ListGrantsResponse(
+            grants=[pb.Grant(subject=s, role=_ROLES[role]) for s, role in grants]
+        )
 
     @unary
     async def Get(self, r: pb.GetRequest, c: Context) -> Any:
@@ -182,6 +216,9 @@ class BlackboardServicer:
                     return  # the client went away mid-write
                 raise
             resume = resume_point(item, resume)
+
+
+_ROLES = {Role.READER: pb.ROLE_READER, Role.WRITER: pb.ROLE_WRITER, Role.ADMIN: pb.ROLE_ADMIN}
 
 
 def _new_id() -> str:

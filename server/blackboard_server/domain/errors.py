@@ -19,7 +19,15 @@
     ├── NotHolder                the session does not hold that lock or term
     ├── WaitExpired              a lock or campaign wait ran out
     ├── BackendUnavailable       Redis or etcd cannot be reached (retryable)
-    └── ShuttingDown             this replica is draining (retry elsewhere)
+    ├── ShuttingDown             this replica is draining (retry elsewhere)
+    ├── Unauthenticated          no credentials, or they were not accepted
+    │   ├── CredentialsMissing
+    │   ├── CredentialsInvalid
+    │   └── CredentialsExpired
+    └── PermissionDenied         the identity may not make this call
+        ├── RoleRequired         it lacks the role on the conversation
+        ├── TenantMismatch       it asked for another tenant
+        └── MethodNotAllowed     no role may call the method
 
 api/errors.py maps each class to a gRPC status; the SDK inverts that table.
 """
@@ -211,3 +219,59 @@ class ShuttingDown(BlackboardError):
         super().__init__(
             "server is shutting down; resume on another replica", last_revision=last_revision
         )
+
+
+class Unauthenticated(BlackboardError):
+    """Never says which part of a credential was wrong beyond missing/invalid/expired,
+    and never carries the credential itself."""
+
+
+class CredentialsMissing(Unauthenticated):
+    reason = "CREDENTIALS_MISSING"
+
+    def __init__(self) -> None:
+        super().__init__("this call needs a bearer token or a client certificate")
+
+
+class CredentialsInvalid(Unauthenticated):
+    reason = "CREDENTIALS_INVALID"
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(f"credentials not accepted{': ' + detail if detail else ''}")
+
+
+class CredentialsExpired(Unauthenticated):
+    reason = "CREDENTIALS_EXPIRED"
+
+    def __init__(self) -> None:
+        super().__init__("the token has expired")
+
+
+class PermissionDenied(BlackboardError):
+    pass
+
+
+class RoleRequired(PermissionDenied):
+    reason = "ROLE_REQUIRED"
+
+    def __init__(self, role: str, conversation_id: str) -> None:
+        where = f"conversation {conversation_id!r}" if conversation_id else "the whole tenant"
+        super().__init__(
+            f"this call needs the {role} role on {where}",
+            role=role,
+            conversation=conversation_id,
+        )
+
+
+class TenantMismatch(PermissionDenied):
+    reason = "TENANT_MISMATCH"
+
+    def __init__(self, tenant: str) -> None:
+        super().__init__(f"this identity does not belong to tenant {tenant!r}", tenant=tenant)
+
+
+class MethodNotAllowed(PermissionDenied):
+    reason = "METHOD_NOT_ALLOWED"
+
+    def __init__(self, method: str) -> None:
+        super().__init__(f"{method} is not open to any role", method=method)
