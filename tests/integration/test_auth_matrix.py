@@ -520,6 +520,7 @@ def secured(redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path) -> Asy
     process = ServerProcess(
         tmp_path / "server",
         "--redis-url", redis_server.url,
+        "--durability", "fast",
         "--etcd-endpoints", ",".join(etcd.endpoints),
         "--etcd-prefix", prefix,
         "--auth", "tokens,jwt",

@@ -115,6 +115,12 @@ async def exercise(address: str) -> None:
         assert conv in [c.id for c in listed.conversations]
         got = await bb.Get(pb.GetRequest(conversation_id=conv, key="a"))
         assert got.entry.value.data == b"1"
+        grant = pb.GrantRoleRequest(conversation_id=conv, subject="agent-x", role=pb.ROLE_READER)
+        await bb.GrantRole(grant)
+        grants = await bb.ListGrants(pb.ListGrantsRequest(conversation_id=conv))
+        assert [g.subject for g in grants.grants] == ["agent-x"]
+        revoke = pb.RevokeRoleRequest(conversation_id=conv, subject="agent-x")
+        assert (await bb.RevokeRole(revoke)).revoked
         await bb.DeleteConversation(pb.DeleteConversationRequest(id=conv))
 
 

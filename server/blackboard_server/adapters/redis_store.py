@@ -91,7 +91,10 @@ class RedisStore:
         self._known_keys: dict[ConversationRef, codec.Keys] = {}
         # Reads go through redis-py; every write through the pipe, which
         # waits for replicas when durability asks it to.
-        self._scripts = {name: client.register_script(_source(name)) for name in ("read", "events")}
+        self._scripts = {
+            name: client.register_script(_source(name))
+            for name in ("read", "events", "conversation")  # conversation: reading grants
+        }
         self._writes = {
             name: Script.of(name, _source(name))
             for name in ("commit", "conversation", "expire", "index")
@@ -258,7 +261,7 @@ class RedisStore:
 
     async def set_grant(self, ref: ConversationRef, subject: str, role: int) -> bool:
         async with self._guard():
-            had = await self._run("conversation", self._keys(ref).all, "grant", subject, role)
+            had = await self._write("conversation", self._keys(ref).all, "grant", subject, role)
         if had < 0:
             raise ConversationNotFound(ref.id)
         return bool(had)
