@@ -55,6 +55,8 @@ def test_the_password_file_is_read_and_stripped(tmp_path: Path) -> None:
     access = RedisAccess.of("redis://bb@h:1/0", password_file=str(secret))
     assert access.options["password"] == "s3cret"
     assert "s3cret" not in access.redacted
+    assert "s3cret" not in repr(access) + repr(RedisAccess.of("redis://bb:s3cret@h:1/0"))
+    assert "s3cret" not in repr(access.endpoint())
 
 
 def test_a_password_in_two_places_an_empty_or_missing_file_are_refused(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ def redact(url: str) -> str:
     return _SECRET_OPTION.sub(r"\1***", _USERINFO.sub(r"\1:***@", url))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class RedisAccess:
     """A parsed store URL plus the credentials and TLS files from settings."""
 
@@ -106,6 +106,9 @@ class RedisAccess:
     @property
     def redacted(self) -> str:
         return redact(self.url)
+
+    def __repr__(self) -> str:  # never the password, wherever it is printed
+        return f"RedisAccess({self.redacted!r})"
 
     @property
     def username(self) -> str:

@@ -27,7 +27,7 @@ import math
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -64,7 +64,7 @@ class Endpoint:
     path: str = ""  # a unix socket, instead of host and port
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: ssl.SSLContext | None = None
 
     @classmethod
