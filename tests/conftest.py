@@ -3,12 +3,18 @@ so one backend process serves a whole session."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers import EtcdCluster, RedisClusterServers, RedisServer
+from tests.servers import (
+    EtcdCluster,
+    RedisClusterServers,
+    RedisServer,
+    ServerProcess,
+    start_replicas,
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +45,22 @@ def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
     cluster = EtcdCluster(tmp_path / "etcd3", size=3).start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture
+def make_replicas(
+    redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
+) -> Iterator[Callable[..., list[ServerProcess]]]:
+    """Starts server replicas on the session's Redis and etcd; stops them after the test."""
+    started: list[ServerProcess] = []
+
+    def make(count: int, *extra: str, metrics: bool = False) -> list[ServerProcess]:
+        servers = start_replicas(
+            tmp_path / f"set{len(started)}", redis_server, etcd, count, *extra, metrics=metrics
+        )
+        started.extend(servers)
+        return servers
+
+    yield make
+    for server in started:
+        server.stop()

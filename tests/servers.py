@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 
@@ -246,13 +247,16 @@ class ServerProcess:
     """`blackboard-server` in its own process, as it runs in production.
 
     `credentials`: the channel credentials of the health check that tells when it
-    serves (grpc.ChannelCredentials), for a server with TLS on.
+    serves (grpc.ChannelCredentials), for a server with TLS on. `port`: a fixed
+    port, kept across restarts; 0 picks a free one.
     """
 
-    def __init__(self, workdir: Path, *args: str, credentials: object = None) -> None:
+    def __init__(
+        self, workdir: Path, *args: str, credentials: object = None, port: int = 0
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()  # kept across restarts
         self.args = args
         self.credentials = credentials
         self.proc: subprocess.Popen[bytes] | None = None
@@ -260,6 +264,12 @@ class ServerProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_port(self) -> int:
+        """The port of /metrics, given as --metrics-port; 0 when off."""
+        args = list(self.args)
+        return int(args[args.index("--metrics-port") + 1]) if "--metrics-port" in args else 0
 
     def start(self) -> ServerProcess:
         import sys
@@ -305,6 +315,58 @@ class ServerProcess:
     def stop(self) -> None:
         _stop(self.proc, grace=15)
 
+    def kill(self) -> None:
+        """kill -9: in-flight calls and open streams break, nothing is drained."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+    def terminate(self) -> None:
+        """SIGTERM, without waiting: the server drains and exits by itself."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory, from /proc."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS in /proc status")
+
+
+def start_replicas(
+    tmp: Path, redis: RedisServer, etcd: EtcdCluster, count: int, *extra: str, metrics: bool = False
+) -> list[ServerProcess]:
+    """`count` server processes sharing one Redis and one etcd, as replicas do.
+
+    With `metrics`, each serves /metrics on a port of its own (`metrics_port`).
+    """
+    prefix = f"/bb-{uuid.uuid4().hex[:8]}"
+    common = (
+        "--redis-url",
+        redis.url,
+        "--durability",
+        "durable" if redis.durable else "fast",
+        "--etcd-endpoints",
+        ",".join(etcd.endpoints),
+        "--etcd-prefix",
+        prefix,
+        "--progress-interval-s",
+        "0.5",
+        "--log-level",
+        "warning",
+        *extra,
+    )
+    servers = []
+    for i in range(count):
+        own = ("--replica-id", f"r{i}")
+        if metrics:
+            own += ("--metrics-port", str(free_port()))
+        servers.append(ServerProcess(tmp / f"r{i}", *common, *own))
+    for server in servers:
+        server.start()
+    return servers
 
 def make_certificate(
     directory: Path, name: str, ca: tuple[Path, Path] | None = None

@@ -41,12 +41,13 @@ from blackboard_client._model import (
 from blackboard_client._retry import RetryPolicy
 from blackboard_client._session import Session
 from blackboard_client._subscribe import Subscription, grpc_opener
+from blackboard_client._targets import CHANNEL_OPTIONS, Target, channel_target
 from blackboard_client._tls import Tls, open_channel
 from blackboard_client._view import Mirror
 
 
 def connect(
-    target: str,
+    target: Target,
     *,
     agent_id: str | None = None,
     timeout: float | None = 10.0,
@@ -55,7 +56,11 @@ def connect(
     token: str | None = None,
     tls: Tls | bool | None = None,
 ) -> Client:
-    """A client for the server at `target` ("host:port"), used as `async with`.
+    """A client for the server at `target`, used as `async with`.
+
+    `target` is "host:port", several of them (a list, or one string with
+    commas), or "dns:///name:port": the client spreads calls over the replicas
+    and moves off one that fails (see `_targets.py`).
 
     `timeout` is the deadline of each attempt of each unary call, in seconds
     (None: no deadline). `metadata` is sent with every call. `token` is sent as
@@ -69,7 +74,7 @@ def connect(
         headers[AGENT_ID_HEADER] = agent_id
     if token:
         headers[AUTHORIZATION_HEADER] = f"Bearer {token}"
-    channel = open_channel(target, tls)
+    channel = open_channel(channel_target(target), tls, CHANNEL_OPTIONS)
     return Client(channel, timeout=timeout, retry=retry or RetryPolicy(), metadata=headers)
 
 

@@ -1,6 +1,9 @@
 """Retries as a value: how many attempts, how long to wait between them.
 
-Only `Unavailable` is retried. A version conflict, a bad argument or a deadline
+Only `Unavailable` is retried, and a bare `Cancelled`: the server never sends
+CANCELLED as an answer, but a replica that starts draining cancels the calls
+that reached it before it could refuse them, so such a call did not run and
+another replica can take it. A version conflict, a bad argument or a deadline
 that ran out is an answer, not a transient failure, and is raised at once.
 Writes are safe to retry because the client sends the same request id on every
 attempt: the server applies the write once and replays its result.
@@ -14,9 +17,14 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from blackboard_client._errors import BlackboardError, Unavailable
+from blackboard_client._errors import BlackboardError, Cancelled, Unavailable
 
 T = TypeVar("T")
+
+
+def transient(error: BlackboardError) -> bool:
+    """Whether `error` says nothing about the call, only that it did not get through."""
+    return isinstance(error, Unavailable) or type(error) is Cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,7 @@ class RetryPolicy:
             yield self.backoff(retry, rand)
 
     def retryable(self, error: BlackboardError) -> bool:
-        return isinstance(error, Unavailable)
+        return transient(error)
 
     async def run(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """Awaits `attempt()` until it succeeds, fails for good, or attempts run out."""

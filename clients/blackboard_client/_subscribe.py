@@ -11,10 +11,11 @@ resume point is no longer retained; the SDK adds one of its own when the
 stream broke in the middle of a snapshot, so "on Reset, drop what you have"
 is the only rule a consumer needs.
 
-When the stream breaks (UNAVAILABLE, SHUTTING_DOWN, SLOW_SUBSCRIBER, or the
-server simply ending it), the subscription reconnects from the last revision
-it delivered + 1 and drops anything at or below it, so every event reaches
-the consumer exactly once, in order.
+When the stream breaks (UNAVAILABLE, SHUTTING_DOWN, SLOW_SUBSCRIBER, a
+CANCELLED the client did not ask for, or the server simply ending it), the
+subscription reconnects from the last revision it delivered + 1 and drops
+anything at or below it, so every event reaches the consumer exactly once, in
+order. Given several replicas, the reconnect goes to one that is up.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_client import _convert
 from blackboard_client._errors import BlackboardError, SlowSubscriber, Unavailable, error_from_rpc
 from blackboard_client._model import Entry, Event
-from blackboard_client._retry import RetryPolicy
+from blackboard_client._retry import RetryPolicy, transient
 from blackboard_client._stream import ClosingStream
 
 
@@ -167,7 +168,7 @@ class Cursor:
 
 
 def resumable(error: BlackboardError) -> bool:
-    return isinstance(error, Unavailable | SlowSubscriber)
+    return transient(error) or isinstance(error, SlowSubscriber)
 
 
 class Subscription(ClosingStream[StreamItem]):

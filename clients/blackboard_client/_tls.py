@@ -3,8 +3,10 @@ and the name the server's certificate must carry, as gRPC channel credentials.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -36,12 +38,14 @@ class Tls:
         return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
 
 
-def open_channel(target: str, tls: Tls | bool | None) -> grpc.aio.Channel:
+def open_channel(
+    target: str, tls: Tls | bool | None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
     """A plaintext channel, or a TLS one (`True`: the system's CAs)."""
     if not tls:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, options=list(options))
     settings = tls if isinstance(tls, Tls) else Tls()
-    return grpc.aio.secure_channel(target, settings.credentials(), settings.options())
+    return grpc.aio.secure_channel(target, settings.credentials(), [*options, *settings.options()])
 
 
 def _read(path: str) -> bytes | None:

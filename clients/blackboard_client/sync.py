@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import threading
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -132,6 +132,9 @@ class SyncProxy:
         return self._on_loop(self._target.__getitem__, key)
 
     def __len__(self) -> int:
+        if not hasattr(self._target, "__len__"):
+            # list() asks for a length hint first: TypeError tells it there is none.
+            raise TypeError(f"{type(self._target).__name__} has no length")
         return int(self._on_loop(self._target.__len__))
 
     def __contains__(self, key: Any) -> bool:
@@ -157,7 +160,7 @@ class SyncClient(SyncProxy):
         return False
 
 
-def connect(target: str, **options: Any) -> SyncClient:
+def connect(target: str | Sequence[str], **options: Any) -> SyncClient:
     """Like `blackboard_client.connect`, for code without an event loop."""
     loop = _LoopThread()
 

@@ -77,7 +77,7 @@ class Phase:
 
 
 PHASES: list[Phase] = []
-PHASE_MODULES: tuple[str, ...] = ()  # e.g. "loadtest.replicas": imported, they register
+PHASE_MODULES: tuple[str, ...] = ("loadtest.replicas",)  # imported: their phases register
 
 
 def phase(

@@ -141,6 +141,7 @@ def figures(r: dict[str, Any]) -> list[Row]:
     if "put_at_1000" in r and "latency" in r["put_at_1000"]:
         rows.append(Row("put at 1000/s p50 / p99 ms", _pair(r["put_at_1000"]["latency"])))
     rows += _fanout_rows(r.get("fanout", {}))
+    rows += _replica_rows(r)
     d = r.get("durable_put_sdk", {})
     for key in ("sdk_put", "etcd_put"):
         if key in d and "achieved_per_s" in d[key]:
@@ -160,6 +161,36 @@ def figures(r: dict[str, Any]) -> list[Row]:
                     f"{case['p50_ratio_server_to_v3lock']:.2f}",
                 ),
             ]
+    return rows
+
+
+def _replica_rows(r: dict[str, Any]) -> list[Row]:
+    """The replica phases (loadtest/replicas.py): writes/s by shape, fan-out across."""
+    rows: list[Row] = []
+    shapes = r.get("workers", {})
+    for key, label in (
+        ("one_process", "1 process"),
+        ("two_replicas", "2 replicas"),
+        ("workers_2", "--workers 2"),
+    ):
+        phase = shapes.get(key, {})
+        if "achieved_per_s" in phase:
+            rows.append(
+                Row(
+                    f"writes/s {label} (p50 / p99 ms)",
+                    f"{phase['achieved_per_s']:,.0f} ({_pair(phase['latency'])})",
+                )
+            )
+    d = r.get("fanout_replicas", {}).get("delivery")
+    if d:
+        rows.append(
+            Row(
+                "fan-out across replicas deliveries/s",
+                f"{d['deliveries_per_s']:,.0f} (p50 / p99 {_pair(d['commit_to_delivery'])} ms)",
+                "all, once, in order",
+                r["fanout_replicas"]["check"]["passed"],
+            )
+        )
     return rows
 
 

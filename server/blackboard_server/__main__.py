@@ -26,12 +26,17 @@ async def _run(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        settings = Settings.load(sys.argv[1:] if argv is None else argv, os.environ)
+        settings = Settings.load(argv, os.environ)
     except SettingsError as error:
         print(f"blackboard-server: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        from blackboard_server.workers import supervise
+
+        return supervise(argv, settings)
     try:
         _start(settings)
     except SettingsError as error:  # at start-up: a file a setting names, Redis's credentials

@@ -122,7 +122,7 @@ def redis_durability(settings: Settings) -> Durability:
         settings.durability,
         settings.durability_check,
         settings.redis_wait_replicas,
-        settings.redis_wait_timeout_ms,
+        settings.redis_wait_timeout_ms or int(settings.redis_timeout_s * 500),
     )
 
 
@@ -228,7 +228,7 @@ async def serve(
             options=[
                 ("grpc.max_receive_message_length", settings.max_request_bytes),
                 ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
             ],
         )
         server.add_generic_rpc_handlers(

@@ -38,7 +38,7 @@ class Settings:
     durability: str = "durable"  # durable | fast: what a Redis crash may lose
     durability_check: bool = True  # durable: refuse a Redis without AOF and appendfsync always
     redis_wait_replicas: int = -1  # WAIT for this many replicas; -1: 1 if durable and replicated
-    redis_wait_timeout_ms: int = 1000
+    redis_wait_timeout_ms: int = 0  # 0: half of redis_timeout_s
     etcd_endpoints: str = ""  # comma-separated host:port; empty: coordination in memory
     etcd_timeout_s: float = 5.0
     etcd_prefix: str = "/bb"  # every key the server writes in etcd starts with this
@@ -96,6 +96,9 @@ class Settings:
     jwt_tenant_claim: str = "tenant"
     jwt_agent_claim: str = "sub"
     jwt_roles_claim: str = "roles"  # a list, or a space-separated string
+    # Several processes on one host (docs/operations.md, "Running several replicas").
+    workers: int = 1  # server processes sharing `listen`; more than 1 needs Redis
+    reuse_port: bool = False  # bind `listen` with SO_REUSEPORT (set for each worker)
 
     @property
     def embedded(self) -> bool:
@@ -178,6 +181,7 @@ def validated(settings: Settings) -> Settings:
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name}: must be positive")
+    _validate_workers(settings, int(port))
     if settings.session_ttl_ms > settings.max_session_ttl_ms:
         raise SettingsError("session_ttl_ms: must not exceed max_session_ttl_ms")
     for name in (
@@ -207,9 +211,9 @@ def _validate_redis(settings: Settings) -> None:
         raise SettingsError("durability: expected durable or fast")
     if settings.redis_wait_replicas < -1:
         raise SettingsError("redis_wait_replicas: expected -1 (auto), 0 or more")
-    if not 0 < settings.redis_wait_timeout_ms < settings.redis_timeout_s * 1000:
+    if not 0 <= settings.redis_wait_timeout_ms < settings.redis_timeout_s * 1000:
         raise SettingsError(
-            "redis_wait_timeout_ms: must be positive and shorter than redis_timeout_s"
+            "redis_wait_timeout_ms: 0 (half of redis_timeout_s), or shorter than redis_timeout_s"
         )
 
 
@@ -266,6 +270,27 @@ def _validate_auth(settings: Settings, host: str) -> None:
         for name in ("jwt_tenant_claim", "jwt_agent_claim", "jwt_roles_claim"):
             if not getattr(s, name):
                 raise SettingsError(f"{name}: must not be empty")
+
+
+def _validate_workers(settings: Settings, port: int) -> None:
+    if not 1 <= settings.workers <= 256:
+        raise SettingsError("workers: must be between 1 and 256")
+    if settings.workers == 1:
+        return
+    if settings.embedded:
+        raise SettingsError(
+            "workers: embedded mode keeps state in process memory, so several workers "
+            "would each see a different blackboard; set --redis-url to run more than one"
+        )
+    if not settings.etcd:
+        raise SettingsError(
+            "workers: sessions, locks and elections must be shared by the workers: "
+            "set --etcd-endpoints to run more than one"
+        )
+    if port == 0:
+        raise SettingsError("workers: several workers share one port: give listen a fixed port")
+    if settings.metrics_port and settings.metrics_port + settings.workers - 1 > 65535:
+        raise SettingsError("metrics_port: each worker takes the next port, past 65535")
 
 
 def _is_loopback(host: str) -> bool:

@@ -15,11 +15,13 @@ import pytest
 
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
+from blackboard_client import RetryPolicy
 from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings
+from tests.faults.load import Load, history, run_load
 from tests.integration.test_api import details, put
 from tests.integration.test_stream import Recorder, wait_until
-from tests.servers import RedisServer
+from tests.servers import EtcdCluster, RedisServer, start_replicas
 
 
 @pytest.fixture
@@ -95,3 +97,61 @@ async def test_outage_fails_fast_and_recovers(redis: RedisServer, running: Runni
         assert set(acknowledged) <= set(revisions)
         page = await stub.Range(pb.RangeRequest(conversation_id=conv, prefix="k"))
         assert {e.key for e in page.entries} == {f"k{i}" for i in range(39)}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_durable_redis_killed_under_load_loses_nothing_acknowledged(
+    redis: RedisServer, etcd: EtcdCluster, tmp_path: Path
+) -> None:
+    """Two replicas, writers and subscribers on both; Redis (AOF, fsync always)
+    is killed -9 and started again on its port and directory. Writers do not
+    retry, so each call during the outage shows how it failed."""
+    deadline = 2.0
+    servers = start_replicas(tmp_path, redis, etcd, 2, "--redis-timeout-s", "1.0")
+    phases: dict[str, float] = {}
+
+    async def outage() -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(3.0)
+        redis.kill()
+        phases["down"] = loop.time()
+        await asyncio.sleep(3.0)
+        await asyncio.to_thread(redis.start)
+        phases["up"] = loop.time()
+        await asyncio.sleep(5.0)
+
+    try:
+        outcome = await run_load(
+            [s.address for s in servers],
+            tmp_path,
+            Load(
+                conversations=3,
+                writers_per_conversation=2,
+                writes_per_second=150.0,
+                subscribers_per_conversation=4,
+            ),
+            outage,
+            writer_retry=RetryPolicy.never(),
+            timeout=deadline,
+        )
+    finally:
+        for server in servers:
+            server.stop()
+    ops = {r["op"]: r for r in history(tmp_path) if r["t"] == "invoke"}
+    unknown = [r for r in history(tmp_path) if r["t"] == "unknown"]
+    after = [
+        r
+        for r in history(tmp_path)
+        if r["t"] == "ok" and ops[r["op"]]["f"] != "get" and r["at"] > phases["up"]
+    ]
+    print(
+        f"\n{outcome.acknowledged} writes acknowledged ({len(after)} after Redis returned), "
+        f"{len(unknown)} failed during the outage: {sorted(set(outcome.writes.errors))}"
+    )
+    assert outcome.verdict.ok, outcome.verdict.summary()
+    assert unknown, "no call met the outage: it proved nothing"
+    assert {r["error"].split(":")[0] for r in unknown} <= {"Unavailable", "BackendUnavailable"}
+    assert all(r["at"] - ops[r["op"]]["at"] < deadline + 1.0 for r in unknown)
+    assert after, "the service did not come back by itself"
+    assert all(s.revision >= outcome.revisions[s.conv] > 0 for s in outcome.subscribers)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -15,36 +14,14 @@ from blackboard.v1 import blackboard_pb2 as pb
 from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from tests.integration.test_coordination_api import Agents
 from tests.integration.test_stream import Recorder, wait_until
-from tests.servers import EtcdCluster, RedisServer, ServerProcess
+from tests.servers import RedisServer, ServerProcess
 
 Kind = pb.CoordinationEvent
 
 
 @pytest.fixture
-def replicas(
-    redis_server: RedisServer, etcd: EtcdCluster, tmp_path: Path
-) -> Iterator[list[ServerProcess]]:
-    prefix = f"/bb-{uuid.uuid4().hex[:8]}"
-    common = (
-        "--redis-url",
-        redis_server.url,
-        "--durability",
-        "fast",
-        "--etcd-endpoints",
-        ",".join(etcd.endpoints),
-        "--etcd-prefix",
-        prefix,
-        "--progress-interval-s",
-        "0.5",
-    )
-    servers = [
-        ServerProcess(tmp_path / f"r{i}", *common, "--replica-id", f"r{i}") for i in range(2)
-    ]
-    for server in servers:
-        server.start()
-    yield servers
-    for server in servers:
-        server.stop()
+def replicas(make_replicas: Callable[..., list[ServerProcess]]) -> list[ServerProcess]:
+    return make_replicas(2)
 
 
 async def test_writes_through_one_replica_reach_subscribers_of_the_other(
@@ -127,3 +104,35 @@ async def test_an_agents_death_is_recorded_once_with_two_replicas(
         assert recorder.revisions == list(range(1, len(recorder.revisions) + 1))
         expired = next(e for e in recorder.events if e.coordination.kind == Kind.AGENT_EXPIRED)
         assert [c.entry.key for c in expired.changes] == ["claims/job"]
+
+
+async def test_dropped_notifications_lose_nothing_across_replicas(
+    replicas: list[ServerProcess], redis_server: RedisServer
+) -> None:
+    """Pub/sub is only a wake-up: with every replica's pub/sub connection killed
+    again and again while writes go on, a subscriber on the other replica still
+    gets every revision, in order, from the log."""
+    import redis.asyncio as aioredis
+
+    admin = aioredis.Redis.from_url(redis_server.url)
+    async with (
+        grpc.aio.insecure_channel(replicas[0].address) as a,
+        grpc.aio.insecure_channel(replicas[1].address) as b,
+    ):
+        writer, reader = pb_grpc.BlackboardStub(a), pb_grpc.BlackboardStub(b)
+        conv = f"drop-{uuid.uuid4().hex[:8]}"
+        await writer.CreateConversation(pb.CreateConversationRequest(id=conv))
+        total = 300
+        recorder = Recorder(reader, pb.SubscribeRequest(conversation_id=conv, start_revision=1))
+        reading = asyncio.create_task(recorder.read(until=lambda r: len(r.events) >= total))
+        killed = 0
+        for i in range(total):
+            if i % 30 == 10:
+                killed += await admin.client_kill_filter(_type="pubsub")
+            await writer.Put(
+                pb.PutRequest(conversation_id=conv, key=f"k{i % 7}", value=pb.Value(data=b"v"))
+            )
+        await asyncio.wait_for(reading, 30)
+        await admin.aclose()
+        assert killed >= 2  # the replicas lost their pub/sub connections, some more than once
+        assert recorder.revisions == list(range(1, total + 1))

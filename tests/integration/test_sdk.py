@@ -415,6 +415,7 @@ def a_plain_script(address: str, conversation_id: str) -> dict[str, Any]:
         client.append(conversation_id, "notes", "appended")
         entry = client.get(conversation_id, "notes/1")
         keys = [e.key for e in client.iter_range(conversation_id, "notes/", page_size=1)]
+        assert [e.key for e in list(client.iter_range(conversation_id, "notes/"))] == keys
         try:
             client.put(conversation_id, "notes/1", b"x", expect=bb.Expect.absent())
             conflict = None

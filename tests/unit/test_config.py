@@ -194,7 +194,6 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "max_request_bytes": str(8 << 20),
         "max_session_ttl_ms": str(600_000),  # must stay above session_ttl_ms's default
         "durability": "fast",
-        "redis_timeout_s": "7.5",  # must stay above redis_wait_timeout_ms's default
         "tls_client_auth": "require",
         "auth": "tokens",
     }
@@ -207,10 +206,13 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "tls_client_auth": [*tls, "--tls-client-ca-file", "ca"],
         "auth": ["--auth-tokens-file", "t"],
     }
+    # Several workers need Redis and etcd (given as flags, so the variable is tested alone).
+    special["workers"], special["reuse_port"] = "2", "true"
+    needs = {"workers": ["--redis-url", "redis://r:1/0", "--etcd-endpoints", "e:2"]}
     defaults = Settings()
     for f in dataclasses.fields(Settings):
         raw = special.get(f.name, samples[str(f.type)])
-        extra = companions.get(f.name, [])
+        extra = companions.get(f.name, []) or needs.get(f.name, [])
         from_env = Settings.load(extra, {"BB_" + f.name.upper(): raw})
         from_flag = Settings.load([*extra, "--" + f.name.replace("_", "-"), raw], {})
         assert getattr(from_env, f.name) == getattr(from_flag, f.name) != getattr(defaults, f.name)
@@ -263,3 +265,22 @@ def test_auth_defaults_to_none_and_lists_are_read_in_order() -> None:
     assert s.auth_methods == ["mtls", "jwt", "tokens"] and s.tls
     # Auth on: any address, with a store (embedded mode stays on loopback).
     assert s.replace(listen="0.0.0.0:1", redis_url="redis://r:1/0").listen == "0.0.0.0:1"
+
+
+REDIS = ["--redis-url", "redis://127.0.0.1:6399/0", "--etcd-endpoints", "127.0.0.1:2399"]
+
+
+def test_several_workers_need_redis_etcd_and_a_fixed_port() -> None:
+    s = Settings.load([*REDIS, "--workers", "3", "--listen", "127.0.0.1:7000"], {})
+    assert (s.workers, s.reuse_port) == (3, False)
+    with pytest.raises(SettingsError, match="embedded"):
+        Settings.load(["--workers", "2"], {})
+    with pytest.raises(SettingsError, match="etcd"):
+        Settings.load(["--redis-url", "redis://h:1/0", "--workers", "2"], {})
+    with pytest.raises(SettingsError, match="fixed port"):
+        Settings.load([*REDIS, "--workers", "2", "--listen", "127.0.0.1:0"], {})
+    with pytest.raises(SettingsError, match="workers"):
+        Settings.load(["--workers", "0"], {})
+    with pytest.raises(SettingsError, match="metrics_port"):
+        Settings.load([*REDIS, "--workers", "4", "--metrics-port", "65534"], {})
+    assert Settings.load(["--workers", "1"], {}).embedded  # one worker: embedded is fine

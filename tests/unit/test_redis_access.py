@@ -91,7 +91,7 @@ def test_durability_settings_are_validated() -> None:
     with pytest.raises(SettingsError, match="redis_wait_replicas"):
         base.replace(redis_wait_replicas=-2)
     with pytest.raises(SettingsError, match="redis_wait_timeout_ms"):
-        base.replace(redis_wait_timeout_ms=0)
+        base.replace(redis_wait_timeout_ms=-1)
     with pytest.raises(SettingsError, match="redis_wait_timeout_ms"):
         base.replace(redis_timeout_s=1.0, redis_wait_timeout_ms=1000)
     assert base.replace(durability="fast", redis_wait_replicas=2).redis_wait_replicas == 2

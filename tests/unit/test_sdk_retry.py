@@ -60,7 +60,7 @@ def test_nonsense_policies_are_refused(bad: dict[str, Any]) -> None:
         bb.RetryPolicy(**bad)
 
 
-def test_only_unavailable_is_retryable() -> None:
+def test_only_unavailable_and_a_bare_cancel_are_retryable() -> None:
     policy = bb.RetryPolicy()
     assert policy.retryable(bb.Unavailable("down"))
     assert policy.retryable(bb.ShuttingDown("draining"))
@@ -68,6 +68,8 @@ def test_only_unavailable_is_retryable() -> None:
     assert not policy.retryable(bb.ConditionFailed("version 3"))
     assert not policy.retryable(bb.DeadlineExceeded("too slow"))
     assert not policy.retryable(bb.RetriesExhausted("aborted"))
+    # A draining replica cancels calls it never ran; no server answer is a CANCELLED.
+    assert policy.retryable(bb.Cancelled("CANCELLED"))
 
 
 def _abort_status(code: grpc.StatusCode, reason: str, **metadata: str) -> grpc.Status:
