@@ -368,6 +368,7 @@ def start_replicas(
         server.start()
     return servers
 
+
 def make_certificate(
     directory: Path, name: str, ca: tuple[Path, Path] | None = None
 ) -> tuple[Path, Path]:
