@@ -532,6 +532,20 @@ class RedisClusterServers:
     def master_nodes(self) -> list[RedisServer]:
         return [n for n in self.live() if self.role_of(n) == "master"]
 
+    def kill_behind_its_replica(self, primary: RedisServer, lag_s: float) -> RedisServer:
+        """kill -9 the primary after its replica was cut off for `lag_s` (stopped, and
+        its link dropped, or the kernel would go on receiving for it): what the
+        primary acknowledged meanwhile never reached the replica. Returns the
+        replica, running again."""
+        heir = self.replica_of(primary)
+        assert heir.proc is not None
+        heir.proc.send_signal(signal.SIGSTOP)
+        self.cli(primary, "CLIENT", "KILL", "TYPE", "replica")
+        time.sleep(lag_s)
+        primary.kill()
+        heir.proc.send_signal(signal.SIGCONT)
+        return heir
+
     def replica_of(self, primary: RedisServer) -> RedisServer:
         for node in self.live():
             role = self.cli(node, "ROLE").split()

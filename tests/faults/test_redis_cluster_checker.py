@@ -15,17 +15,14 @@ reading every event from revision 1) through a server on the cluster:
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from blackboard_server.adapters.redis_store import RedisStore
-from blackboard_server.domain.model import ConversationRef
 from tests.faults.load import Load, history, run_load
+from tests.faults.test_redis_cluster_failover import final_logs
 from tests.servers import RedisClusterServers, RedisServer, ServerProcess, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -78,13 +75,7 @@ async def test_the_checker_on_a_cluster_losing_a_primary(mode: str, tmp_path: Pa
         await asyncio.sleep(2.0)
         # The primary holding the most conversations, so the loss has something to take.
         victim = max(cluster.master_nodes(), key=lambda n: conversations_on(cluster, n))
-        heir = cluster.replica_of(victim)
-        assert heir.proc is not None
-        os.kill(heir.proc.pid, signal.SIGSTOP)
-        cluster.cli(victim, "CLIENT", "KILL", "TYPE", "replica")
-        await asyncio.sleep(LAG_S)
-        victim.kill()
-        os.kill(heir.proc.pid, signal.SIGCONT)
+        heir = await asyncio.to_thread(cluster.kill_behind_its_replica, victim, LAG_S)
         killed.append(conversations_on(cluster, heir))
         await asyncio.to_thread(wait_for, lambda: cluster.role_of(heir) == "master", 30, "failover")
         victim.start()
@@ -135,15 +126,5 @@ async def missing_from_final_logs(url: str, records: list[dict[str, Any]]) -> in
         for r in records
         if r["t"] == "ok" and invoked[r["op"]]["f"] in ("put", "cas")
     ]
-    logs: dict[str, dict[int, set[str]]] = {}
-    async with await RedisStore.connect(url, timeout_s=5.0) as store:
-        for conv in {conv for conv, _, _ in acked}:
-            ref = ConversationRef("default", conv)
-            head, _ = await store.head(ref)
-            events, _ = await store.events(ref, 1, head, head + 1)
-            assert [e.revision for e in events] == list(range(1, head + 1))  # contiguous
-            logs[conv] = {
-                e.revision: {c.entry.data.decode() for c in e.changes if c.entry is not None}
-                for e in events
-            }
-    return sum(1 for conv, rev, value in acked if value not in logs[conv].get(rev, set()))
+    logs = await final_logs(url, "default", sorted({conv for conv, _, _ in acked}))
+    return sum(1 for c, rev, value in acked if value.encode() not in logs[c].get(rev, set()))
