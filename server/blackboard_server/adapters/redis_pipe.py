@@ -124,10 +124,6 @@ class ScriptPipe:
         self._connecting = asyncio.Lock()
         self._closed = False
 
-    @property
-    def endpoint(self) -> Endpoint:
-        return self._endpoint
-
     async def evalsha(
         self, script: Script, keys: Sequence[str], *args: Arg, asking: bool = False
     ) -> Any:
@@ -157,7 +153,8 @@ class ScriptPipe:
         try:
             confirmed = await conn.wait_replicas(wanted, timeout_ms, deadline)
         except BackendUnavailable as exc:
-            raise BackendUnavailable("redis", str(exc), outcome_unknown=True) from exc
+            detail = "the connection was lost before replicas confirmed the write"
+            raise BackendUnavailable("redis", detail, outcome_unknown=True) from exc
         if confirmed < wanted:
             raise BackendUnavailable(
                 "redis",
