@@ -73,6 +73,13 @@ async def test_a_write_its_replica_does_not_confirm_is_unavailable_with_an_unkno
         assert await store.head(ref) == (2, 0)  # it ran on the primary: hence "unknown"
 
         os.kill(replica.proc.pid, signal.SIGCONT)
-        again = await store.commit(ref, second, fingerprint(second), 4_000)
+        # Retried as a client would, with the same request id, until the replica
+        # (catching up after its pause) confirms.
+        for attempt in range(20):
+            try:
+                again = await store.commit(ref, second, fingerprint(second), 4_000 + attempt)
+                break
+            except BackendUnavailable as error:
+                assert error.metadata == {"outcome": "unknown"}
         assert again.replayed and again.revision == 2
         assert await store.head(ref) == (2, 0)
