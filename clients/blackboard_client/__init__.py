@@ -101,6 +101,7 @@ from blackboard_client._subscribe import (
 )
 from blackboard_client._tls import Tls
 from blackboard_client._view import Mirror, View
+from blackboard_client._writer import Writer
 
 __all__ = [
     "REASONS",
@@ -186,5 +187,6 @@ __all__ = [
     "View",
     "WaitExpired",
     "WriteResult",
+    "Writer",
     "connect",
 ]

@@ -8,14 +8,13 @@ on every attempt, so a retried write is applied once.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from typing import Any
 
 import orjson
 
 from blackboard.v1 import blackboard_pb2 as pb
-from blackboard_client import _convert
+from blackboard_client import _convert, _requests
 from blackboard_client._base import AGENT_ID_HEADER, AUTHORIZATION_HEADER
 from blackboard_client._coordination import CoordinationClient
 from blackboard_client._model import (
@@ -36,7 +35,6 @@ from blackboard_client._model import (
     TxnResult,
     Value,
     WriteResult,
-    make_value,
 )
 from blackboard_client._retry import RetryPolicy
 from blackboard_client._session import Session
@@ -44,6 +42,7 @@ from blackboard_client._subscribe import Subscription, grpc_opener
 from blackboard_client._targets import CHANNEL_OPTIONS, Target, channel_target
 from blackboard_client._tls import Tls, open_channel
 from blackboard_client._view import Mirror
+from blackboard_client._writer import Writer
 
 
 def connect(
@@ -76,16 +75,6 @@ def connect(
         headers[AUTHORIZATION_HEADER] = f"Bearer {token}"
     channel = open_channel(channel_target(target), tls, CHANNEL_OPTIONS)
     return Client(channel, timeout=timeout, retry=retry or RetryPolicy(), metadata=headers)
-
-
-def _request_id(given: str | None) -> str:
-    return given or str(uuid.uuid4())
-
-
-def _session_id(session: Session | str | None) -> str:
-    if session is None:
-        return ""
-    return session if isinstance(session, str) else session.session_id
 
 
 class Client(CoordinationClient):
@@ -278,15 +267,17 @@ class Client(CoordinationClient):
         is deleted when the session ends. `fence=` takes a `Fence`, or a held
         `Lock` or `Leadership`.
         """
-        request = pb.PutRequest(
-            conversation_id=conversation_id,
-            key=key,
-            value=_convert.value_pb(make_value(value, json, content_type)),
-            expect=_convert.expect_pb(expect),
-            ttl_ms=ttl_ms,
-            session_id=_session_id(session),
-            request_id=_request_id(request_id),
-            fence=_convert.fence_pb(fence),
+        request = _requests.put(
+            conversation_id,
+            key,
+            value,
+            json,
+            content_type,
+            expect,
+            ttl_ms,
+            session,
+            request_id,
+            fence,
         )
         return _convert.write_result(await self._call(self._stub.Put, request))
 
@@ -299,13 +290,7 @@ class Client(CoordinationClient):
         request_id: str | None = None,
         fence: Fence | SupportsFence | None = None,
     ) -> WriteResult:
-        request = pb.DeleteRequest(
-            conversation_id=conversation_id,
-            key=key,
-            expect=_convert.expect_pb(expect),
-            request_id=_request_id(request_id),
-            fence=_convert.fence_pb(fence),
-        )
+        request = _requests.delete(conversation_id, key, expect, request_id, fence)
         return _convert.write_result(await self._call(self._stub.Delete, request))
 
     async def append(
@@ -321,13 +306,8 @@ class Client(CoordinationClient):
         fence: Fence | SupportsFence | None = None,
     ) -> WriteResult:
         """Adds a child `key/<revision>`; the result's `key` names it."""
-        request = pb.AppendRequest(
-            conversation_id=conversation_id,
-            key=key,
-            value=_convert.value_pb(make_value(value, json, content_type)),
-            ttl_ms=ttl_ms,
-            request_id=_request_id(request_id),
-            fence=_convert.fence_pb(fence),
+        request = _requests.append(
+            conversation_id, key, value, json, content_type, ttl_ms, request_id, fence
         )
         return _convert.write_result(await self._call(self._stub.Append, request))
 
@@ -349,7 +329,7 @@ class Client(CoordinationClient):
             key=key,
             merge_patch=merge_patch,
             expect=_convert.expect_pb(expect),
-            request_id=_request_id(request_id),
+            request_id=_requests.request_id(request_id),
             fence=_convert.fence_pb(fence),
         )
         response = await self._call(self._stub.Patch, request)
@@ -371,7 +351,7 @@ class Client(CoordinationClient):
             compares=[_convert.compare_pb(c) for c in compares],
             success=[_convert.txn_op_pb(op) for op in success],
             failure=[_convert.txn_op_pb(op) for op in failure],
-            request_id=_request_id(request_id),
+            request_id=_requests.request_id(request_id),
             fence=_convert.fence_pb(fence),
         )
         return _convert.txn_result(await self._call(self._stub.Txn, request))
@@ -404,3 +384,13 @@ class Client(CoordinationClient):
     def mirror(self, conversation_id: str, prefix: str = "") -> Mirror:
         """A live local copy of the entries under `prefix`, for an `async with` block."""
         return Mirror(self.subscribe(conversation_id, prefix))
+
+    def writer(self, *, max_batch: int = 256) -> Writer:
+        """A write stream for many writes at once, used as `async with`.
+
+        `await w.put(...)` (and `delete`, `append`) returns what `Client.put`
+        would; the writes in flight at a time share stream messages (up to
+        `max_batch` each), so one call's overhead is shared by many writes.
+        See `Writer`.
+        """
+        return Writer(self._stub.Write, self._metadata, self.retry, self._timeout, max_batch)

@@ -71,10 +71,11 @@ def _target(
 def targets(r: dict[str, Any]) -> list[Row]:
     """The targets of the performance roadmap, in its order."""
     put_echo = _ratio(_get(r, "put", "achieved_per_s"), _get(r, "echo", "achieved_per_s"))
-    durable = _ratio(
-        _get(r, "durable_put_sdk", "sdk_put", "achieved_per_s"),
-        _get(r, "durable_put_sdk", "etcd_put", "achieved_per_s"),
+    fastest = max(
+        (_get(r, "durable_put_sdk", k, "achieved_per_s") for k in ("sdk_put", "sdk_writer_put")),
+        key=lambda v: -1.0 if v is None or math.isnan(v) else v,
     )
+    durable = _ratio(fastest, _get(r, "durable_put_sdk", "etcd_put", "achieved_per_s"))
     many = "conversations_100000"
     conversations = _ratio(
         _get(r, many, "many", "latency", "p99_ms"), _get(r, many, "one", "latency", "p99_ms")
@@ -84,7 +85,11 @@ def targets(r: dict[str, Any]) -> list[Row]:
         _target(r, "Put / echo QPS, 64 in flight", ("put", "echo"), put_echo, ">= 0.80"),
         _target(r, "--workers 2 / one process", ("workers",), workers, ">= 1.30"),
         _target(
-            r, "SDK put (Redis fsync always) / etcd put", ("durable_put_sdk",), durable, ">= 1.00"
+            r,
+            "SDK's fastest put (Redis fsync always) / etcd put",
+            ("durable_put_sdk",),
+            durable,
+            ">= 1.00",
         ),
         _target(
             r,
@@ -143,7 +148,7 @@ def figures(r: dict[str, Any]) -> list[Row]:
     rows += _fanout_rows(r.get("fanout", {}))
     rows += _replica_rows(r)
     d = r.get("durable_put_sdk", {})
-    for key in ("sdk_put", "etcd_put"):
+    for key in ("sdk_put", "sdk_writer_put", "etcd_put"):
         if key in d and "achieved_per_s" in d[key]:
             rows.append(
                 Row(f"{key.replace('_', ' ')} ops/s (durable)", f"{d[key]['achieved_per_s']:,.0f}")

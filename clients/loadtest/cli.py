@@ -84,6 +84,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tasks", type=int, default=64, help="team: task ids per conversation")
     s.add_argument("--wait", type=float, default=5.0, help="lock / campaign wait, seconds")
     s.add_argument("--sdk", action="store_true", help="puts through the SDK, not raw stubs")
+    s.add_argument(
+        "--sdk-writer",
+        action="store_true",
+        help="puts through the SDK's writer: one Write stream, many puts per message",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--json", default="", help="write the full result here")
     o.add_argument("--html", default="", help="write a report with plots here")
@@ -119,6 +124,7 @@ def spec_from(args: argparse.Namespace) -> RunSpec:
         tasks=args.tasks,
         wait_s=args.wait,
         sdk=args.sdk,
+        sdk_writer=args.sdk_writer,
     )
     return RunSpec(
         args.scenario,

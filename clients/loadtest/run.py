@@ -48,8 +48,10 @@ async def run_scenario(ep: Endpoint, spec: RunSpec) -> dict[str, Any]:
     )
     procs: list[SubscriberProcess] = []
     try:
-        if opts.sdk:
+        if opts.sdk or opts.sdk_writer:
             ctx.sdk_client = _sdk_client(ep, channels[0])
+        if opts.sdk_writer:
+            ctx.sdk_writer = await ctx.sdk_client.writer().__aenter__()
         await _create(ctx)
         procs = await _subscribe(ctx, spec)
         await scenario.setup(ctx)
@@ -60,6 +62,8 @@ async def run_scenario(ep: Endpoint, spec: RunSpec) -> dict[str, Any]:
             await _lose_one(ctx)
         verdict = check(ctx.ledger, await readback(ctx.data(0), ctx.ledger, ep.metadata()), streams)
     finally:
+        if ctx.sdk_writer is not None:
+            await ctx.sdk_writer.aclose()
         for task in ctx.followers:
             task.cancel()
         await asyncio.gather(*ctx.followers, return_exceptions=True)

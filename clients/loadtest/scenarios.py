@@ -41,6 +41,7 @@ class Options:
     tasks: int = 64  # task ids per conversation (team)
     wait_s: float = 5.0  # a lock or campaign wait
     sdk: bool = False  # writes through the SDK's Client.put instead of the raw stub
+    sdk_writer: bool = False  # puts through the SDK's Writer (the Write stream)
 
 
 @dataclass
@@ -59,6 +60,7 @@ class Context:
     followers: list[asyncio.Task[None]] = field(default_factory=list)  # their tasks
     wall_offset_ns: int = field(default_factory=lambda: time.time_ns() - time.monotonic_ns())
     sdk_client: Any = None
+    sdk_writer: Any = None  # an open blackboard_client.Writer
 
     def data(self, worker: int) -> pb_grpc.BlackboardAsyncStub:
         return pb_grpc.BlackboardStub(self.channels[worker % len(self.channels)])
@@ -92,7 +94,9 @@ class Context:
         conv = conv or self.conversation(worker)
         value = self.value(start_ns or time.monotonic_ns()) if data is None else pb.Value(data=data)
         call: Any
-        if self.sdk_client is not None and fence is None:
+        if self.sdk_writer is not None and fence is None:
+            call = self.sdk_writer.put(conv, key, value.data)
+        elif self.sdk_client is not None and fence is None:
             call = self.sdk_client.put(conv, key, value.data)  # its WriteResult has .revision
         else:
             request = pb.PutRequest(conversation_id=conv, key=key, value=value, fence=fence)

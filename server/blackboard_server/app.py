@@ -217,6 +217,8 @@ async def serve(
             tenant=settings.tenant,
             write_timeout_s=settings.subscriber_write_timeout_s,
             verified=verified,
+            limits=settings.limits,
+            metrics=metrics,
         )
         interceptors: list[grpc.aio.ServerInterceptor] = [
             ObservingInterceptor(metrics, tracing, tenant=settings.tenant, verified=verified)
@@ -286,6 +288,7 @@ async def serve(
             for name in HEALTH_SERVICES:
                 await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             hub.close()
+            servicer.close()
             await server.stop(settings.shutdown_grace_s)
             for chore in chores:
                 chore.cancel()

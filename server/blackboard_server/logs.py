@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 import orjson
@@ -70,6 +72,7 @@ class BatchedLogger:
 
 # One batch per process for stderr, which is itself one per process.
 _stderr_lines: BatchedLines | None = None
+_json_lines = False  # what configure() chose
 
 
 def _batched_factory(*_: Any) -> BatchedLogger:
@@ -86,7 +89,8 @@ def flush() -> None:
 
 
 def configure(level: str, fmt: str) -> None:
-    json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    global _json_lines
+    json_lines = _json_lines = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     # orjson renders bytes: a line per call must cost little (docs/operations.md).
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=_dumps)
@@ -111,3 +115,25 @@ def configure(level: str, fmt: str) -> None:
 
 def _dumps(event: object, **_: object) -> bytes:
     return orjson.dumps(event, default=str)
+
+
+def json_line_writer() -> Callable[[str, str, dict[str, Any]], None] | None:
+    """With JSON lines: a writer of one line from a level, an event and its fields,
+    rendered as the processor chain above renders it (event, level, an ISO UTC
+    timestamp) but with one orjson call and no chain: the per-call access line
+    takes this path (tests/bench_observe.py: the end of a call 18 -> 8.5 us). None
+    with readable lines."""
+    if not _json_lines:
+        return None
+    lines = _batched_factory()._lines
+    now = datetime.datetime.now
+    utc = datetime.UTC
+    dumps = orjson.dumps
+
+    def write(level: str, event: str, fields: dict[str, Any]) -> None:
+        fields["event"] = event
+        fields["level"] = level
+        fields["timestamp"] = now(utc).isoformat().replace("+00:00", "Z")
+        lines.write(dumps(fields, default=str) + b"\n")
+
+    return write

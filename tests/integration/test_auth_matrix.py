@@ -208,6 +208,25 @@ async def _get_leader(c: Calls) -> Invoke:
     )
 
 
+async def streamed_write(c: Calls, md: Metadata) -> pb.WriteResult:
+    """One put through a Write stream. The stream is admitted for any verified identity
+    and the write authorized on its own: a refused write comes back as its outcome,
+    raised here as the status the unary Put would have ended with."""
+    call = c.bb.Write(metadata=md)
+    write = pb.StreamedWrite(sequence=7, put=put(c.conv, fresh("w")))
+    await call.write(pb.WriteStreamRequest(writes=[write]))
+    response = await call.read()
+    if response is grpc.aio.EOF:  # the stream ended without a word: its status says why
+        raise grpc.aio.AioRpcError(await call.code(), grpc.aio.Metadata(), grpc.aio.Metadata())
+    await call.done_writing()
+    (outcome,) = response.outcomes
+    assert outcome.sequence == 7
+    if outcome.WhichOneof("outcome") == "error":
+        code = next(c for c in grpc.StatusCode if c.value[0] == outcome.error.code)
+        raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata())
+    return outcome.result
+
+
 def put(conv: str, key: str) -> pb.PutRequest:
     return pb.PutRequest(conversation_id=conv, key=key, value=pb.Value(data=b"v"))
 
@@ -261,6 +280,7 @@ MATRIX: dict[str, tuple[int, Prepare, grpc.StatusCode]] = {
         NOT_FOUND,
     ),
     "Blackboard/Delete": (WRITER, _delete, NOT_FOUND),
+    "Blackboard/Write": (WRITER, ready(streamed_write), NOT_FOUND),
     "Blackboard/Append": (
         WRITER,
         ready(

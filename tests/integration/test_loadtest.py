@@ -62,8 +62,9 @@ def test_each_scenario_against_an_embedded_server(tmp_path: Path, scenario: str)
 
 
 @pytest.mark.timeout(200)
-def test_writes_through_the_sdk_are_checked_too(tmp_path: Path) -> None:
-    code, result, output = loadtest(tmp_path, "write-heavy", "--sdk", "--concurrency", "4")
+@pytest.mark.parametrize("path", ["--sdk", "--sdk-writer"])
+def test_writes_through_the_sdk_are_checked_too(tmp_path: Path, path: str) -> None:
+    code, result, output = loadtest(tmp_path, "write-heavy", path, "--concurrency", "4")
     assert code == 0, output
     assert_sound(result["run"])
 

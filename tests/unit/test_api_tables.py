@@ -219,8 +219,13 @@ def test_generic_handler_serves_every_rpc_of_the_descriptor() -> None:
         handler = generic.service(details)  # type: ignore[arg-type]
         assert handler is not None, method.name
         assert handler.response_streaming is method.server_streaming
-        assert not handler.request_streaming
-        behaviour = handler.unary_stream if method.server_streaming else handler.unary_unary
+        assert handler.request_streaming is method.client_streaming
+        behaviour = {
+            (False, False): handler.unary_unary,
+            (False, True): handler.unary_stream,
+            (True, False): handler.stream_unary,
+            (True, True): handler.stream_stream,
+        }[method.client_streaming, method.server_streaming]
         assert behaviour == getattr(servicer, method.name)
         request = handler.request_deserializer(b"")
         assert request.DESCRIPTOR is method.input_type

@@ -80,7 +80,13 @@ def test_every_rpc_of_both_services_is_in_the_table_and_names_a_real_field() -> 
         for method in service.methods:
             need = REQUIREMENTS[f"/{service.full_name}/{method.name}"]
             assert need.role is not None and not need.public, method.full_name
-            if need.field:
+            if need.per_item:
+                # Each item of the streamed request names its conversation in every op.
+                assert method.client_streaming, method.full_name
+                (items,) = method.input_type.fields
+                ops = [f.message_type for f in items.message_type.fields if f.message_type]
+                assert ops and all(need.field in op.fields_by_name for op in ops)
+            elif need.field:
                 assert need.field in method.input_type.fields_by_name, method.full_name
     readers = {m for m, need in REQUIREMENTS.items() if need.role is Role.READER}
     assert {m.rpartition("/")[2] for m in readers} == {

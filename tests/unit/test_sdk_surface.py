@@ -15,11 +15,16 @@ def snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+# RPCs the SDK reaches through an object of their own, made by this method.
+STREAMED = {"Write": "writer"}
+
+
 def test_every_rpc_has_a_client_method() -> None:
     service = pb.DESCRIPTOR.services_by_name["Blackboard"]
-    assert len(service.methods) == 16
+    assert len(service.methods) == 17
     for method in service.methods:
-        assert callable(getattr(bb.Client, snake(method.name), None)), method.name
+        name = STREAMED.get(method.name, snake(method.name))
+        assert callable(getattr(bb.Client, name, None)), method.name
 
 
 def test_every_exported_name_exists_and_the_package_is_typed() -> None:

@@ -94,6 +94,11 @@ class BlackboardStub:
                 request_serializer=blackboard_dot_v1_dot_blackboard__pb2.TxnRequest.SerializeToString,
                 response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.TxnResponse.FromString,
                 _registered_method=True)
+        self.Write = channel.stream_stream(
+                '/blackboard.v1.Blackboard/Write',
+                request_serializer=blackboard_dot_v1_dot_blackboard__pb2.WriteStreamRequest.SerializeToString,
+                response_deserializer=blackboard_dot_v1_dot_blackboard__pb2.WriteStreamResponse.FromString,
+                _registered_method=True)
         self.Subscribe = channel.unary_stream(
                 '/blackboard.v1.Blackboard/Subscribe',
                 request_serializer=blackboard_dot_v1_dot_blackboard__pb2.SubscribeRequest.SerializeToString,
@@ -191,6 +196,12 @@ class BlackboardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Write(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Subscribe(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -277,6 +288,11 @@ def add_BlackboardServicer_to_server(servicer, server):
                     servicer.Txn,
                     request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.TxnRequest.FromString,
                     response_serializer=blackboard_dot_v1_dot_blackboard__pb2.TxnResponse.SerializeToString,
+            ),
+            'Write': grpc.stream_stream_rpc_method_handler(
+                    servicer.Write,
+                    request_deserializer=blackboard_dot_v1_dot_blackboard__pb2.WriteStreamRequest.FromString,
+                    response_serializer=blackboard_dot_v1_dot_blackboard__pb2.WriteStreamResponse.SerializeToString,
             ),
             'Subscribe': grpc.unary_stream_rpc_method_handler(
                     servicer.Subscribe,
@@ -623,6 +639,33 @@ class Blackboard:
             '/blackboard.v1.Blackboard/Txn',
             blackboard_dot_v1_dot_blackboard__pb2.TxnRequest.SerializeToString,
             blackboard_dot_v1_dot_blackboard__pb2.TxnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Write(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/blackboard.v1.Blackboard/Write',
+            blackboard_dot_v1_dot_blackboard__pb2.WriteStreamRequest.SerializeToString,
+            blackboard_dot_v1_dot_blackboard__pb2.WriteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

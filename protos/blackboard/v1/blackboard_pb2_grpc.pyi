@@ -45,6 +45,7 @@ class BlackboardStub:
     Append: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.AppendRequest, _blackboard_pb2.WriteResult]
     Patch: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.PatchRequest, _blackboard_pb2.PatchResponse]
     Txn: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.TxnRequest, _blackboard_pb2.TxnResponse]
+    Write: _grpc.StreamStreamMultiCallable[_blackboard_pb2.WriteStreamRequest, _blackboard_pb2.WriteStreamResponse]
     Subscribe: _grpc.UnaryStreamMultiCallable[_blackboard_pb2.SubscribeRequest, _blackboard_pb2.SubscribeResponse]
     GrantRole: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.GrantRoleRequest, _blackboard_pb2.GrantRoleResponse]
     RevokeRole: _grpc.UnaryUnaryMultiCallable[_blackboard_pb2.RevokeRoleRequest, _blackboard_pb2.RevokeRoleResponse]
@@ -65,6 +66,7 @@ class BlackboardAsyncStub(BlackboardStub):
     Append: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.AppendRequest, _blackboard_pb2.WriteResult]  # type: ignore[assignment]
     Patch: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.PatchRequest, _blackboard_pb2.PatchResponse]  # type: ignore[assignment]
     Txn: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.TxnRequest, _blackboard_pb2.TxnResponse]  # type: ignore[assignment]
+    Write: _aio.StreamStreamMultiCallable[_blackboard_pb2.WriteStreamRequest, _blackboard_pb2.WriteStreamResponse]  # type: ignore[assignment]
     Subscribe: _aio.UnaryStreamMultiCallable[_blackboard_pb2.SubscribeRequest, _blackboard_pb2.SubscribeResponse]  # type: ignore[assignment]
     GrantRole: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.GrantRoleRequest, _blackboard_pb2.GrantRoleResponse]  # type: ignore[assignment]
     RevokeRole: _aio.UnaryUnaryMultiCallable[_blackboard_pb2.RevokeRoleRequest, _blackboard_pb2.RevokeRoleResponse]  # type: ignore[assignment]
@@ -154,6 +156,13 @@ class BlackboardServicer(metaclass=_abc_1.ABCMeta):
         request: _blackboard_pb2.TxnRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_blackboard_pb2.TxnResponse, _abc.Awaitable[_blackboard_pb2.TxnResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Write(
+        self,
+        request_iterator: _MaybeAsyncIterator[_blackboard_pb2.WriteStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_blackboard_pb2.WriteStreamResponse], _abc.AsyncIterator[_blackboard_pb2.WriteStreamResponse]]: ...
 
     @_abc_1.abstractmethod
     def Subscribe(

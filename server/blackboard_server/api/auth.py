@@ -84,8 +84,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             who = self._access.authenticate(token, certificate)
             if tenant and tenant != who.tenant:
                 raise TenantMismatch(tenant)
-            conversation = str(getattr(request, need.field)) if need.field else ""
-            await self._access.authorize(who, need, conversation)
+            if not need.per_item:
+                conversation = str(getattr(request, need.field)) if need.field else ""
+                await self._access.authorize(who, need, conversation)
         except BlackboardError as error:
             await abort(context, error)
         IDENTITY.set(who)
@@ -101,7 +102,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         else:
             behaviour, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
         streaming_request = handler.request_streaming
-        if streaming_request and need.field:
+        if streaming_request and need.field and not need.per_item:
             raise TypeError("a streaming request names no conversation to authorize")
         admit = self._admit
 

@@ -62,6 +62,11 @@ def status_code(error: e.BlackboardError) -> grpc.StatusCode:
 
 
 def to_status(error: e.BlackboardError) -> grpc.Status:
+    return rpc_status.to_status(status_message(error))
+
+
+def status_message(error: e.BlackboardError) -> status_pb2.Status:
+    """The google.rpc.Status of an error: a unary call's trailer, a streamed write's outcome."""
     code = status_code(error)
     info = error_details_pb2.ErrorInfo(
         reason=error.reason, domain=DOMAIN, metadata=dict(error.metadata)
@@ -75,8 +80,7 @@ def to_status(error: e.BlackboardError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad))
-    message = status_pb2.Status(code=_code_number(code), message=error.message, details=details)
-    return rpc_status.to_status(message)
+    return status_pb2.Status(code=_code_number(code), message=error.message, details=details)
 
 
 def _pack(message: Any) -> any_pb2.Any:

@@ -23,6 +23,14 @@ def _serialize(message: Any) -> bytes:
     return data
 
 
+_MAKERS: dict[tuple[bool, bool], Any] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
@@ -30,10 +38,7 @@ def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.Generi
         if behaviour is None:
             raise TypeError(f"{type(servicer).__name__} does not implement {method.full_name}")
         request = message_factory.GetMessageClass(method.input_type)
-        if method.server_streaming:
-            make = grpc.unary_stream_rpc_method_handler
-        else:
-            make = grpc.unary_unary_rpc_method_handler
+        make = _MAKERS[method.client_streaming, method.server_streaming]
         handlers[method.name] = make(
             behaviour, request_deserializer=request.FromString, response_serializer=_serialize
         )

@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 
+from blackboard_server import logs
 from blackboard_server.api.auth import IDENTITY
 from blackboard_server.api.errors import REASON
-from blackboard_server.api.outcomes import Outcome, outcome_for
+from blackboard_server.api.outcomes import TALLY, Outcome, outcome_for
 from blackboard_server.metrics import Metrics
 from blackboard_server.tracing import Tracing, mark_error, trace_ids
 
@@ -97,6 +98,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         self._log = structlog.get_logger("blackboard.rpc").bind()
         self._info = self._log.is_enabled_for(logging.INFO)
         self._debug = self._log.is_enabled_for(logging.DEBUG)
+        self._line = logs.json_line_writer()
         self._wrapped: dict[str, Handler | None] = {}
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
@@ -223,7 +225,15 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         elif self._debug if m.quiet else self._info:
             fields = self._fields(m, request, context, span)
             line = self._log.debug if m.quiet else self._log.info
-            line("rpc", code=code, reason=reason, ms=round(elapsed * 1000, 3), **fields)
+            tally = TALLY.get()
+            if tally is not None:
+                fields.update(tally)
+            ms = round(elapsed * 1000, 3)
+            if self._line is not None:
+                fields.update(code=code, reason=reason, ms=ms)
+                self._line("debug" if m.quiet else "info", "rpc", fields)
+            else:
+                line("rpc", code=code, reason=reason, ms=ms, **fields)
 
     def _fields(self, m: _Method, request: Any, context: Context, span: Any) -> dict[str, Any]:
         agent = request_id = ""

@@ -8,6 +8,7 @@ so no service has to know about metrics.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from blackboard_server.domain import errors as e
@@ -32,6 +33,9 @@ COORDINATION = {
 
 # Called with the response (None on error) and the error reason ("" on success).
 Outcome = Callable[[Any, str], None]
+# What a stream's access line adds to its fields (the Write stream's counts of
+# writes and failed writes); the handler sets a dict, the interceptor reads it.
+TALLY: ContextVar[dict[str, int] | None] = ContextVar("blackboard_stream_tally", default=None)
 
 
 def outcome_for(full_method: str, metrics: Metrics) -> Outcome | None:
@@ -57,6 +61,11 @@ def outcome_for(full_method: str, metrics: Metrics) -> Outcome | None:
 
         return subscribe
     return None
+
+
+def streamed_write_outcomes(metrics: Metrics) -> dict[str, Outcome]:
+    """Per kind of write in a Write stream: each write is counted as its unary call is."""
+    return {kind: _write_outcome(kind, metrics) for kind in ("put", "delete", "append")}
 
 
 def _write_outcome(kind: str, metrics: Metrics) -> Outcome:

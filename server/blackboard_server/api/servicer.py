@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from blackboard.v1 import blackboard_pb2 as pb
-from blackboard_server.api import convert
+from blackboard_server.api import convert, writes
 from blackboard_server.api.auth import IDENTITY
 from blackboard_server.api.errors import unary
+from blackboard_server.api.outcomes import streamed_write_outcomes
+from blackboard_server.api.write_stream import WriteStream
 from blackboard_server.domain.auth import Role
 from blackboard_server.domain.errors import CredentialsMissing, SlowSubscriber
+from blackboard_server.domain.limits import Limits
+from blackboard_server.metrics import Metrics
 from blackboard_server.services.access import Access
 from blackboard_server.services.blackboard import BlackboardService, Caller
 from blackboard_server.services.subscription import SubscribeOptions, Subscriptions, resume_point
@@ -48,7 +53,12 @@ class BlackboardServicer:
         tenant: str,
         write_timeout_s: float,
         verified: bool = False,
+        limits: Limits | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._limits = limits or Limits()
+        self._closing = asyncio.Event()
+        self._outcomes = streamed_write_outcomes(metrics or Metrics())
         self._bb = blackboard
         self._subs = subscriptions
         self._access = access
@@ -138,38 +148,15 @@ class BlackboardServicer:
 
     @unary
     async def Put(self, r: pb.PutRequest, c: Context) -> Any:
-        written = await self._bb.put(
-            self._caller(c),
-            r.conversation_id,
-            convert.put(r),
-            convert.expect(r.expect, r.HasField("expect")),
-            r.request_id,
-            convert.fence(r.fence, r.HasField("fence")),
-        )
-        return convert.write_result(written)
+        return await writes.put(self._bb, self._caller(c), r)
 
     @unary
     async def Delete(self, r: pb.DeleteRequest, c: Context) -> Any:
-        written = await self._bb.delete(
-            self._caller(c),
-            r.conversation_id,
-            r.key,
-            convert.expect(r.expect, r.HasField("expect")),
-            r.request_id,
-            convert.fence(r.fence, r.HasField("fence")),
-        )
-        return convert.write_result(written)
+        return await writes.delete(self._bb, self._caller(c), r)
 
     @unary
     async def Append(self, r: pb.AppendRequest, c: Context) -> Any:
-        written = await self._bb.append(
-            self._caller(c),
-            r.conversation_id,
-            convert.append(r),
-            r.request_id,
-            convert.fence(r.fence, r.HasField("fence")),
-        )
-        return convert.write_result(written)
+        return await writes.append(self._bb, self._caller(c), r)
 
     @unary
     async def Patch(self, r: pb.PatchRequest, c: Context) -> Any:
@@ -199,6 +186,16 @@ class BlackboardServicer:
             convert.fence(r.fence, r.HasField("fence")),
         )
         return convert.txn_result(result)
+
+    @unary
+    async def Write(self, requests: AsyncIterator[pb.WriteStreamRequest], c: Context) -> None:
+        access = self._access if self._verified else None
+        stream = WriteStream(self._bb, access, self._caller(c), self._limits, self._outcomes, c)
+        await stream.serve(requests, self._closing)
+
+    def close(self) -> None:
+        """At shutdown: Write streams answer what they hold and end, resumable."""
+        self._closing.set()
 
     @unary
     async def Subscribe(self, r: pb.SubscribeRequest, c: Context) -> None:

@@ -122,11 +122,14 @@ def grant_subject(subject: str) -> str:
 class Requirement:
     """`role` on the conversation in the request's `field`; `field` "" means on the whole
     tenant. `public`: no credentials at all (health probes); `role` None with
-    `public` False: any verified identity."""
+    `public` False: any verified identity. `per_item`: a streamed request whose
+    items each name a conversation; the stream is let in for any verified
+    identity and the handler authorizes each item on its own."""
 
     role: Role | None
     field: str = "conversation_id"
     public: bool = False
+    per_item: bool = False
 
 
 READ = Requirement(Role.READER)
@@ -151,6 +154,7 @@ REQUIREMENTS: dict[str, Requirement] = {
     _BB + "Append": WRITE,
     _BB + "Patch": WRITE,
     _BB + "Txn": WRITE,
+    _BB + "Write": Requirement(Role.WRITER, per_item=True),
     _BB + "GrantRole": ADMIN,
     _BB + "RevokeRole": ADMIN,
     _BB + "ListGrants": ADMIN,

@@ -40,6 +40,10 @@ class Limits:
     max_metadata_entries: int = 64
     max_metadata_bytes: int = 16 << 10
     max_ttl_ms: int = 365 * 24 * 3600 * 1000
+    # The Write stream: writes in one message, and writes of one stream in flight
+    # (past that the server stops reading the stream until outcomes have gone out).
+    max_stream_message_writes: int = 1000
+    max_stream_in_flight: int = 4096
 
 
 def conversation_id(value: str, field: str = "conversation_id") -> str:
