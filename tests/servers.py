@@ -13,6 +13,7 @@ import socket
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -115,10 +116,21 @@ class RedisServer:
         _stop(self.proc)
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """Files of a TLS etcd: its certificate and key, and the CA clients are checked against."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    client_cert_auth: bool = True  # clients must present a certificate of the CA
+
+
 class EtcdMember:
-    def __init__(self, name: str, workdir: Path) -> None:
+    def __init__(self, name: str, workdir: Path, tls: EtcdTls | None = None) -> None:
         self.name = name
         self.workdir = workdir
+        self.tls = tls
         self.client_port = free_port()
         self.peer_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -131,8 +143,47 @@ class EtcdMember:
     def peer_url(self) -> str:
         return f"http://127.0.0.1:{self.peer_port}"
 
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.endpoint}"
+
+    def etcdctl(self, *args: str, user: str = "") -> subprocess.CompletedProcess[str]:
+        """etcdctl against this member (as `user`, "name:password", if given)."""
+        command = [require("etcdctl"), "--endpoints", self.url, "--command-timeout=3s"]
+        if self.tls:
+            command += ["--cacert", str(self.tls.ca_file)]
+            command += ["--cert", str(self.tls.cert_file), "--key", str(self.tls.key_file)]
+        if user:
+            command += ["--user", user]
+        return subprocess.run(
+            [*command, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "ETCDCTL_API": "3"},
+            check=False,
+            timeout=30,
+        )
+
+    def enable_auth(
+        self, root_password: str, role: str, prefix: str, user: str, password: str
+    ) -> None:
+        """A root user, a user whose role may read and write `prefix` only, then auth on."""
+        steps = [
+            ("user", "add", f"root:{root_password}", "--interactive=false"),
+            ("user", "grant-role", "root", "root"),
+            ("role", "add", role),
+            ("role", "grant-permission", role, "--prefix=true", "readwrite", prefix),
+            ("user", "add", f"{user}:{password}", "--interactive=false"),
+            ("user", "grant-role", user, role),
+            ("auth", "enable"),
+        ]
+        for step in steps:
+            result = self.etcdctl(*step)
+            if result.returncode != 0:
+                raise RuntimeError(f"etcdctl {' '.join(step[:2])}: {result.stderr}")
+
     def start(self, initial_cluster: str, state: str = "new") -> None:
-        client = f"http://{self.endpoint}"
+        client = self.url
         args = [
             require("etcd"),
             "--name",
@@ -160,11 +211,18 @@ class EtcdMember:
             "--log-level",
             "error",
         ]
+        if self.tls:
+            args += ["--cert-file", str(self.tls.cert_file), "--key-file", str(self.tls.key_file)]
+            args += ["--trusted-ca-file", str(self.tls.ca_file)]
+            if self.tls.client_cert_auth:
+                args.append("--client-cert-auth")
         log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(args, stdout=log, stderr=log)
         log.close()
 
     def healthy(self) -> bool:
+        if self.tls:
+            return self.etcdctl("endpoint", "health").returncode == 0
         result = subprocess.run(
             [
                 require("etcdctl"),
@@ -192,10 +250,10 @@ class EtcdMember:
 class EtcdCluster:
     """One or three etcd members on loopback, with fast elections."""
 
-    def __init__(self, workdir: Path, size: int = 1) -> None:
+    def __init__(self, workdir: Path, size: int = 1, tls: EtcdTls | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
-        self.members = [EtcdMember(f"m{i}", workdir) for i in range(size)]
+        self.members = [EtcdMember(f"m{i}", workdir, tls) for i in range(size)]
 
     @property
     def endpoints(self) -> list[str]:

@@ -20,6 +20,8 @@
     │   └── RetriesExhausted
     ├── ResourceExhausted
     │   ├── LimitExceeded           .limit .value .maximum
+    │   ├── QuotaExceeded           .quota .limit .value: a tenant quota
+    │   │   └── RateLimited         .retry_after_ms: the tenant's request rate
     │   └── SlowSubscriber          .last_revision
     ├── OutOfRange
     │   └── RevisionCompacted       .revision .compact_revision
@@ -241,6 +243,32 @@ class LimitExceeded(ResourceExhausted):
     @property
     def maximum(self) -> int:
         return self._int("maximum")
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A tenant quota (conversations, entries, bytes, subscribers, sessions, rate)."""
+
+    reason = "QUOTA_EXCEEDED"
+
+    @property
+    def quota(self) -> str:
+        return self.metadata.get("quota", "")
+
+    @property
+    def limit(self) -> float:
+        return float(self.metadata.get("limit", "0") or 0)
+
+    @property
+    def value(self) -> float:
+        return float(self.metadata.get("value", "0") or 0)
+
+
+class RateLimited(QuotaExceeded):
+    reason = "RATE_LIMITED"
+
+    @property
+    def retry_after_ms(self) -> int:
+        return self._int("retry_after_ms")
 
 
 class SlowSubscriber(ResourceExhausted):

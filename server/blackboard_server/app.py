@@ -31,7 +31,7 @@ from blackboard_server.api.coordination_servicer import CoordinationServicer
 from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
 from blackboard_server.api.observe import ObservingInterceptor
 from blackboard_server.api.servicer import BlackboardServicer
-from blackboard_server.config import Settings
+from blackboard_server.config import Settings, SettingsError
 from blackboard_server.metrics import Metrics, MetricsServer
 from blackboard_server.ports import Coordinator, StateStore
 from blackboard_server.security import add_port, authenticators, open_access, server_tls
@@ -40,12 +40,15 @@ from blackboard_server.services.blackboard import BlackboardService
 from blackboard_server.services.census import count_forever
 from blackboard_server.services.coordination import CoordinationService, record_observations
 from blackboard_server.services.hub import Hub
+from blackboard_server.services.quotas import Admission, QuotaBook, QuotaFileError
 from blackboard_server.services.subscription import StreamLimits, Subscriptions
 from blackboard_server.services.sweeper import sweep_forever
 from blackboard_server.tracing import open_tracing
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
+
+    from blackboard_server.adapters.etcd import EtcdSecurity
 
 log = structlog.get_logger("blackboard")
 HEALTH_SERVICES = ("", BLACKBOARD.full_name, COORDINATION.full_name)
@@ -80,14 +83,55 @@ async def open_coordinator(settings: Settings) -> Coordinator:
                 "process only; run one replica, or set --etcd-endpoints"
             )
         return MemoryCoordinator()
+    from blackboard_server.adapters.etcd import EtcdAuthFailed
     from blackboard_server.adapters.etcd_coordinator import EtcdCoordinator
 
-    return await EtcdCoordinator.connect(
-        settings.etcd,
-        timeout_s=settings.etcd_timeout_s,
-        prefix=settings.etcd_prefix,
-        replica_id=settings.replica_id or None,
-        shards=settings.coordination_shards,
+    try:
+        coordinator = await EtcdCoordinator.connect(
+            settings.etcd,
+            timeout_s=settings.etcd_timeout_s,
+            prefix=settings.etcd_prefix,
+            replica_id=settings.replica_id or None,
+            shards=settings.coordination_shards,
+            security=etcd_security(settings),
+        )
+    except ValueError as exc:
+        raise SettingsError(f"etcd_endpoints: {exc}") from None
+    try:
+        await coordinator.check_access()
+    except EtcdAuthFailed as exc:
+        await coordinator.aclose()
+        user = f"user {settings.etcd_username!r}" if settings.etcd_username else "no etcd user"
+        raise SettingsError(f"etcd refused the server ({user}): {exc}") from None
+    return coordinator
+
+
+def etcd_security(settings: Settings) -> EtcdSecurity:
+    """The etcd credentials of the settings, with the files read now."""
+    from blackboard_server.adapters.etcd import EtcdSecurity
+
+    def read(name: str) -> bytes | None:
+        path = getattr(settings, name)
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as exc:
+            raise SettingsError(f"{name}: cannot read {path}: {exc.strerror}") from None
+
+    password = settings.etcd_password
+    if settings.etcd_password_file:
+        raw = read("etcd_password_file") or b""
+        password = raw.decode().removesuffix("\n").removesuffix("\r")
+    tls = any((settings.etcd_tls_ca_file, settings.etcd_tls_cert_file))
+    return EtcdSecurity(
+        username=settings.etcd_username,
+        password=password,
+        tls=tls,
+        ca_pem=read("etcd_tls_ca_file"),
+        cert_pem=read("etcd_tls_cert_file"),
+        key_pem=read("etcd_tls_key_file"),
     )
 
 
@@ -126,6 +170,13 @@ def redis_durability(settings: Settings) -> Durability:
     )
 
 
+def open_quotas(settings: Settings) -> QuotaBook:
+    try:
+        return QuotaBook(settings.quota, settings.quotas_file)
+    except QuotaFileError as exc:
+        raise SettingsError(f"quotas_file: {exc}") from None
+
+
 @asynccontextmanager
 async def serve(
     settings: Settings, *, span_exporter: SpanExporter | None = None
@@ -158,6 +209,17 @@ async def serve(
         )
         stack.push_async_callback(store.aclose)
         clock = SystemClock()
+        quotas = open_quotas(settings)
+        admission = Admission(quotas)
+        # Before any task group: a backend refusing the credentials is a SettingsError
+        # of its own, not one inside an exception group.
+        coordinator: Coordinator = InstrumentedCoordinator(
+            await open_coordinator(settings),
+            "etcd" if settings.etcd else "memory-coordinator",
+            metrics,
+            tracing,
+        )
+        stack.push_async_callback(coordinator.aclose)
         hub = Hub(
             store,
             convert.encode_event,
@@ -167,13 +229,6 @@ async def serve(
             coalesce_s=settings.subscriber_coalesce_ms / 1000,
         )
         await stack.enter_async_context(hub.running())
-        coordinator: Coordinator = InstrumentedCoordinator(
-            await open_coordinator(settings),
-            "etcd" if settings.etcd else "memory-coordinator",
-            metrics,
-            tracing,
-        )
-        stack.push_async_callback(coordinator.aclose)
         await stack.enter_async_context(coordinator.running())
         blackboard = BlackboardService(
             store,
@@ -181,6 +236,7 @@ async def serve(
             settings.limits,
             patch_retries=settings.patch_retries,
             sessions=coordinator,
+            quotas=quotas,
         )
         coordination = CoordinationService(
             coordinator,
@@ -190,6 +246,7 @@ async def serve(
             default_ttl_ms=settings.session_ttl_ms,
             max_ttl_ms=settings.max_session_ttl_ms,
             max_wait_ms=settings.max_wait_ms,
+            quotas=quotas,
         )
         stream = StreamLimits(
             settings.subscriber_max_lag,
@@ -216,6 +273,7 @@ async def serve(
             access or Access((), store),
             tenant=settings.tenant,
             write_timeout_s=settings.subscriber_write_timeout_s,
+            admission=admission,
             verified=verified,
             limits=settings.limits,
             metrics=metrics,
@@ -238,7 +296,12 @@ async def serve(
                 generic_handler(BLACKBOARD, servicer),
                 generic_handler(
                     COORDINATION,
-                    CoordinationServicer(coordination, tenant=settings.tenant, verified=verified),
+                    CoordinationServicer(
+                        coordination,
+                        tenant=settings.tenant,
+                        verified=verified,
+                        admission=admission,
+                    ),
                 ),
             ]
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 from blackboard_server.domain.auth import valid_tenant
 from blackboard_server.domain.limits import Limits
+from blackboard_server.domain.quota import Quota
 
 ENV_PREFIX = "BB_"
 
@@ -42,6 +43,13 @@ class Settings:
     etcd_endpoints: str = ""  # comma-separated host:port; empty: coordination in memory
     etcd_timeout_s: float = 5.0
     etcd_prefix: str = "/bb"  # every key the server writes in etcd starts with this
+    # etcd credentials (docs/backends.md): a user, and TLS with an optional client certificate.
+    etcd_username: str = ""
+    etcd_password: str = dataclasses.field(default="", repr=False)  # prefer etcd_password_file
+    etcd_password_file: str = ""  # the password is the file's content, without a final newline
+    etcd_tls_ca_file: str = ""  # setting any etcd_tls_* turns TLS on for every etcd endpoint
+    etcd_tls_cert_file: str = ""
+    etcd_tls_key_file: str = ""
     replica_id: str = ""  # empty: a random one
     coordination_shards: int = 8  # background work is split in this many etcd elections
     session_ttl_ms: int = 10_000  # a session's TTL when the client names none
@@ -77,6 +85,17 @@ class Settings:
     snapshot_chunk: int = 500  # entries per snapshot message
     progress_interval_s: float = 5.0
     feed_buffer: int = 4096  # recent events each conversation keeps in memory for fan-out
+    # Tenant quotas (docs/quotas.md): defaults for every tenant, 0 is unlimited;
+    # quotas_file (TOML) overrides them per tenant and is reloaded when it changes.
+    quota_conversations: int = 0
+    quota_entries_per_conversation: int = 0
+    quota_bytes: int = 0  # keys + values of the live entries of all the tenant's conversations
+    quota_subscribers_per_conversation: int = 0  # open streams, counted per replica
+    quota_subscribers: int = 0  # open streams of the tenant, counted per replica
+    quota_sessions: int = 0  # live sessions of the tenant, counted in the coordinator
+    quota_requests_per_second: float = 0.0  # token bucket per tenant, per replica
+    quota_burst: int = 0  # bucket size; 0: one second's worth
+    quotas_file: str = ""
     # Background work.
     sweep_interval_s: float = 0.2
     shutdown_grace_s: float = 10.0
@@ -125,6 +144,19 @@ class Settings:
             max_txn_ops=self.max_txn_ops,
             max_page_size=self.max_page_size,
             default_page_size=self.default_page_size,
+        )
+
+    @property
+    def quota(self) -> Quota:
+        return Quota(
+            conversations=self.quota_conversations,
+            entries_per_conversation=self.quota_entries_per_conversation,
+            bytes=self.quota_bytes,
+            subscribers_per_conversation=self.quota_subscribers_per_conversation,
+            subscribers=self.quota_subscribers,
+            sessions=self.quota_sessions,
+            requests_per_second=self.quota_requests_per_second,
+            burst=self.quota_burst,
         )
 
     def replace(self, **changes: Any) -> Settings:
@@ -199,6 +231,8 @@ def validated(settings: Settings) -> Settings:
     if not 0 <= int(port) <= 65535:
         raise SettingsError(f"listen: port {port} is out of range")
     _validate_redis(settings)
+    _check_quotas(settings)
+    _check_etcd_credentials(settings)
     if settings.default_page_size > settings.max_page_size:
         raise SettingsError("default_page_size: must not exceed max_page_size")
     if settings.max_request_bytes < settings.max_value_bytes + 64 * 1024:
@@ -215,6 +249,24 @@ def _validate_redis(settings: Settings) -> None:
         raise SettingsError(
             "redis_wait_timeout_ms: 0 (half of redis_timeout_s), or shorter than redis_timeout_s"
         )
+
+
+def _check_etcd_credentials(settings: Settings) -> None:
+    if settings.etcd_password and settings.etcd_password_file:
+        raise SettingsError("etcd_password, etcd_password_file: set one, not both")
+    has_password = bool(settings.etcd_password or settings.etcd_password_file)
+    if has_password != bool(settings.etcd_username):
+        raise SettingsError("etcd_username and a password (etcd_password_file) go together")
+    if bool(settings.etcd_tls_cert_file) != bool(settings.etcd_tls_key_file):
+        raise SettingsError("etcd_tls_cert_file and etcd_tls_key_file go together")
+
+
+def _check_quotas(settings: Settings) -> None:
+    for f in fields(Settings):
+        if f.name.startswith("quota_"):
+            value = getattr(settings, f.name)
+            if not 0 <= value < float("inf"):
+                raise SettingsError(f"{f.name}: must be 0 (unlimited) or a positive number")
 
 
 AUTH_METHODS = ("tokens", "jwt", "mtls")

@@ -20,6 +20,7 @@ from blackboard_server.domain.model import (
     Snapshot,
     WriteBatch,
 )
+from blackboard_server.domain.quota import UNLIMITED, StoreQuota, Usage
 
 # Called with a conversation and, when the notifier has it, the committed event.
 # None means "something changed (or the conversation went away): read the log".
@@ -34,9 +35,20 @@ class StateStore(Protocol):
     """Conversations, entries and the per-conversation change log."""
 
     async def create_conversation(
-        self, ref: ConversationRef, metadata: dict[str, str], idle_ttl_ms: int, now_ms: int
+        self,
+        ref: ConversationRef,
+        metadata: dict[str, str],
+        idle_ttl_ms: int,
+        now_ms: int,
+        *,
+        max_conversations: int = 0,
     ) -> Conversation:
-        """Raises ConversationExists."""
+        """Raises ConversationExists; QuotaExceeded if the tenant has max_conversations (0:
+        unlimited) already, counted in the same atomic step as the create."""
+        ...
+
+    async def usage(self, tenant: str) -> Usage:
+        """The tenant's conversations and bytes stored (domain/quota.py)."""
         ...
 
     async def get_conversation(self, ref: ConversationRef) -> Conversation:
@@ -65,13 +77,19 @@ class StateStore(Protocol):
         ...
 
     async def commit(
-        self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
+        self,
+        ref: ConversationRef,
+        batch: WriteBatch,
+        fingerprint: str,
+        now_ms: int,
+        quota: StoreQuota = UNLIMITED,
     ) -> CommitResult:
         """Applies `batch` atomically as at most one new revision.
 
         A batch whose request id was committed within the dedupe window returns
         the stored result with replayed=True (RequestIdReused if `fingerprint`
-        differs). Raises ConversationNotFound, Fenced.
+        differs). Raises ConversationNotFound, Fenced, and QuotaExceeded when
+        the write would grow usage past `quota` (domain/quota.py::check_write).
         """
         ...
 
@@ -126,8 +144,12 @@ class Coordinator(Protocol):
     """
 
     async def open_session(
-        self, ref: ConversationRef, agent_id: str, ttl_ms: int
-    ) -> SessionInfo: ...
+        self, ref: ConversationRef, agent_id: str, ttl_ms: int, *, max_sessions: int = 0
+    ) -> SessionInfo:
+        """QuotaExceeded when the tenant has max_sessions live sessions already (0:
+        unlimited). Counted over every replica, but not atomically with the open:
+        opens racing on several replicas may pass the limit by the number racing."""
+        ...
 
     async def keep_alive(self, ref: ConversationRef, session_id: str) -> int:
         """Renews the session; returns the TTL left in ms. Raises SessionNotFound."""

@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from blackboard_server.domain.coordination import Census
-from blackboard_server.domain.errors import LockHeld, NotHolder, SessionNotFound, WaitExpired
+from blackboard_server.domain.errors import (
+    LockHeld,
+    NotHolder,
+    QuotaExceeded,
+    SessionNotFound,
+    WaitExpired,
+)
 from blackboard_server.domain.model import (
     ConversationRef,
     CoordinationKind,
@@ -324,3 +330,23 @@ async def test_observe_sees_a_leader_die(coordinator: Coordinator) -> None:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_sessions_per_tenant_are_counted_over_its_conversations(
+    coordinator: Coordinator,
+) -> None:
+    ref = ConversationRef(f"t-{uuid.uuid4().hex[:8]}", "c")  # a tenant of its own
+    other = ConversationRef(ref.tenant, ref.id + "-2")
+    a = await coordinator.open_session(ref, "a", TTL * 5, max_sessions=2)
+    await coordinator.open_session(other, "b", TTL * 5, max_sessions=2)
+    with pytest.raises(QuotaExceeded) as caught:
+        await coordinator.open_session(ref, "c", TTL * 5, max_sessions=2)
+    assert caught.value.metadata == {"quota": "sessions", "limit": "2", "value": "3"}
+    assert {s.agent_id for s in await coordinator.sessions(ref)} == {"a"}
+    assert {s.agent_id for s in await coordinator.sessions(other)} == {"b"}
+    # Another tenant, and no limit, are not refused; a closed session makes room.
+    stranger = ConversationRef(ref.tenant + "-x", ref.id)
+    await coordinator.open_session(stranger, "d", TTL * 5, max_sessions=2)
+    await coordinator.open_session(ref, "e", TTL * 5)
+    await coordinator.close_session(ref, a.session_id)
+    await coordinator.open_session(ref, "f", TTL * 5, max_sessions=3)

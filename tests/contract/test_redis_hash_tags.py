@@ -4,6 +4,11 @@ That is what lets the scripts run unchanged on a Redis Cluster: a script may
 only touch keys of one slot. Redis's MONITOR shows each command a script
 runs; a scenario that takes every branch of every script is recorded and
 each key (and notification channel) checked against the conversation's tag.
+
+The one exception is on a single Redis: there the scripts also keep the
+tenant's usage hash (exact tenant quotas, docs/quotas.md). On a cluster they
+keep the conversation's own usage hash in its place, so the scenario is
+recorded there too, on every primary, and must not leave the slot at all.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 import pytest
 from redis.crc import key_slot
 
-from blackboard_server.adapters.redis_codec import Keys
+from blackboard_server.adapters.redis_codec import Keys, usage_key
 from blackboard_server.adapters.redis_store import RedisStore
 from blackboard_server.domain.fingerprint import fingerprint
 from blackboard_server.domain.model import (
@@ -36,7 +41,8 @@ from blackboard_server.domain.model import (
     Target,
     WriteBatch,
 )
-from tests.servers import RedisServer
+from blackboard_server.domain.quota import StoreQuota
+from tests.servers import RedisClusterServers, RedisServer
 
 # Commands whose every argument is a key; for the others only the first is.
 ALL_KEYS = {"UNLINK", "DEL", "EXISTS"}
@@ -90,18 +96,32 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
+# Quotas high enough never to refuse, so the scripts take their checking paths.
+QUOTA = StoreQuota(entries_per_conversation=1_000, bytes=1_000_000)
+
+
 async def commit(store: RedisStore, ref: ConversationRef, batch: WriteBatch, now: int) -> None:
-    await store.commit(ref, batch, fingerprint(batch), now)
+    await store.commit(ref, batch, fingerprint(batch), now, QUOTA)
 
 
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])
 async def test_every_key_a_script_touches_carries_the_conversation_tag(
-    own_redis: RedisServer,
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     ref = ConversationRef("tenant-a", f"c-{uuid.uuid4().hex[:8]}")
     tag = "{" + f"{ref.tenant}/{ref.id}" + "}"
-    monitor = Monitor(own_redis.port)
+    prefix = f"p{uuid.uuid4().hex[:8]}"
+    url: str
+    ports: list[int]
+    if backend == "redis":
+        own = request.getfixturevalue("own_redis")
+        url, ports = own.url, [own.port]
+    else:
+        cluster: RedisClusterServers = request.getfixturevalue("redis_cluster")
+        url, ports = cluster.url, [node.port for node in cluster.master_nodes()]
+    monitors = [Monitor(port) for port in ports]
     try:
-        async with await RedisStore.connect(own_redis.url, retention=3) as store:
+        async with await RedisStore.connect(url, retention=3, prefix=prefix) as store:
             await store.create_conversation(ref, {"topic": "t"}, 0, 1_000)
             await store.watch(ref)
             fence = Fence(FenceKind.LOCK, "job", 7)
@@ -139,23 +159,35 @@ async def test_every_key_a_script_touches_carries_the_conversation_tag(
             await store.unwatch(ref)
             await store.delete_conversation(ref)
     finally:
-        monitor.close()
+        for monitor in monitors:
+            monitor.close()
 
-    commands = monitor.script_commands()
+    commands = [c for monitor in monitors for c in monitor.script_commands()]
     ran = {command[0].upper() for _, command in commands}
+    publish = "PUBLISH" if backend == "redis" else "SPUBLISH"
     # The scenario took the paths that write, trim, publish, expire and delete.
-    assert {"XADD", "XTRIM", "PUBLISH", "ZADD", "HDEL", "UNLINK", "ZRANGEBYLEX"} <= ran
+    assert {"XADD", "XTRIM", publish, "ZADD", "HDEL", "UNLINK", "ZRANGEBYLEX"} <= ran
+    keys = Keys.of(prefix, ref)
+    # Only on one Redis: the tenant's usage hash, in its own slot.
+    allowed = {usage_key(prefix, ref.tenant)} if backend == "redis" else set()
     # One slot per script call: every key (and channel) in the slot of its first key.
     strays = [
         (declared, command)
         for declared, command in commands
         for key in (command[1:] if command[0].upper() in ALL_KEYS else command[1:2])
-        if key_slot(key.encode()) != key_slot(declared[0].encode())
+        if key not in allowed and key_slot(key.encode()) != key_slot(declared[0].encode())
     ]
     assert strays == []
+    touched = {command[1] for _, command in commands}
+    # The scripts kept usage: the tenant's on one Redis, the conversation's own on a cluster.
+    assert (usage_key(prefix, ref.tenant) in touched) == (backend == "redis")
+    assert (keys.own_usage in touched) == (backend == "redis-cluster")
+    # ... and the conversation's own goes with the conversation.
+    unlinked = {k for _, command in commands if command[0].upper() == "UNLINK" for k in command}
+    assert (keys.own_usage in unlinked) == (backend == "redis-cluster")
     # A conversation's scripts name its keys only; the tenant index is a script of its own.
-    index = f"bb:conversations:{ref.tenant}"
-    assert {k for declared, _ in commands for k in declared} - {index} == {
+    index = f"{prefix}:conversations:{ref.tenant}"
+    assert {k for declared, _ in commands for k in declared} - {index} - allowed == {
         k for declared, _ in commands for k in declared if tag in k
     }
-    assert Keys.of("bb", ref).meta in {command[1] for _, command in commands}
+    assert keys.meta in touched

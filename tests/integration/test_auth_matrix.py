@@ -604,8 +604,9 @@ def check_tenants_apart(endpoint: Endpoint) -> None:
         capture_output=True, text=True, env={**os.environ, "ETCDCTL_API": "3"}, check=True,
     )  # fmt: skip
     paths = [p for p in listed.stdout.splitlines() if p]
-    in_a = [p for p in paths if p.startswith(endpoint.etcd_prefix + "/t/tenant-a/c/")]
-    in_b = [p for p in paths if p.startswith(endpoint.etcd_prefix + "/t/tenant-b/c/")]
+    # Under each tenant: its conversations (c/) and the index of its sessions (s/, quotas).
+    in_a = [p for p in paths if p.startswith(endpoint.etcd_prefix + "/t/tenant-a/")]
+    in_b = [p for p in paths if p.startswith(endpoint.etcd_prefix + "/t/tenant-b/")]
     assert in_a and in_b and len(in_a) + len(in_b) == len(paths)
 
 

@@ -106,6 +106,28 @@ async def test_snapshot_then_synced_then_events(sstub: Stub) -> None:
     assert [e.changes[0].entry.key for e in recorder.events] == ["tasks/9", "tasks/0"]
 
 
+async def test_a_cancelled_subscriber_leaves_the_others_of_its_conversation(
+    sstub: Stub,
+) -> None:
+    """Subscribers of one conversation wait on one shared wake-up; one going away must
+    not cancel it for the others."""
+    conv = await new_conv(sstub)
+    leaving = sstub.Subscribe(pb.SubscribeRequest(conversation_id=conv))
+    staying = Recorder(sstub, pb.SubscribeRequest(conversation_id=conv))
+    reading = asyncio.create_task(staying.read(until=lambda r: len(r.events) >= 1))
+    await wait_until(lambda: staying.synced is not None)
+    async with asyncio.timeout(10):
+        while (await leaving.read()).WhichOneof("message") != "synced":
+            pass
+    await asyncio.sleep(0.1)  # both now wait for the next event
+    leaving.cancel()
+    await asyncio.sleep(0.2)
+    await put(sstub, conv, "k", "v")
+    async with asyncio.timeout(10):
+        await reading
+    assert staying.error is None and staying.revisions == [1]
+
+
 async def test_resume_from_a_revision_is_gapless(sstub: Stub) -> None:
     conv = await new_conv(sstub)
     for i in range(10):

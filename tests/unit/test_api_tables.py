@@ -53,6 +53,8 @@ SAMPLES: list[e.BlackboardError] = [
     e.NotJson("doc"),
     e.RetriesExhausted("patch lost 32 races"),
     e.LimitExceeded("max_value_bytes", 2000, 1000),
+    e.QuotaExceeded("bytes", 1_000_000, 1_000_042),
+    e.RateLimited(20.0, 40, 50),
     e.SlowSubscriber(41, 10_001),
     e.RevisionCompacted(3, 10),
     e.BackendUnavailable("redis", "connection refused"),
@@ -226,9 +228,12 @@ def test_generic_handler_serves_every_rpc_of_the_descriptor() -> None:
             (True, False): handler.stream_unary,
             (True, True): handler.stream_stream,
         }[method.client_streaming, method.server_streaming]
-        assert behaviour == getattr(servicer, method.name)
+        assert behaviour.__wrapped__ == getattr(servicer, method.name)  # type: ignore[union-attr]
         request = handler.request_deserializer(b"")
         assert request.DESCRIPTOR is method.input_type
+        # Bytes that do not parse reach the handler as Malformed (INVALID_ARGUMENT), not
+        # as a deserializer exception (which grpc would answer with UNKNOWN).
+        assert isinstance(handler.request_deserializer(b"\xff\xff"), handlers.Malformed)
         assert handler.response_serializer(b"\x08\x01") == b"\x08\x01"
         assert handler.response_serializer(pb.Progress(revision=1)) == b"\x08\x01"
     unknown = SimpleNamespace(method="/blackboard.v1.Blackboard/Nope")

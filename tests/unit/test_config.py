@@ -181,6 +181,26 @@ def test_replace_validates_and_settings_are_frozen() -> None:
         s.retention = 1  # type: ignore[misc]
 
 
+def test_etcd_credentials_are_checked_together() -> None:
+    with pytest.raises(SettingsError, match="set one, not both"):
+        Settings().replace(etcd_username="u", etcd_password="p", etcd_password_file="f")
+    with pytest.raises(SettingsError, match="go together"):
+        Settings().replace(etcd_username="u")
+    with pytest.raises(SettingsError, match="go together"):
+        Settings().replace(etcd_password="p")
+    with pytest.raises(SettingsError, match="go together"):
+        Settings().replace(etcd_tls_cert_file="c.pem")
+    assert "hunter2" not in repr(Settings().replace(etcd_username="u", etcd_password="hunter2"))
+
+
+def test_quotas_must_not_be_negative() -> None:
+    for name in ("quota_bytes", "quota_requests_per_second", "quota_burst"):
+        with pytest.raises(SettingsError, match=name):
+            Settings().replace(**{name: -1})
+    with pytest.raises(SettingsError, match="quota_requests_per_second"):
+        Settings().replace(quota_requests_per_second=float("inf"))
+
+
 def test_every_field_has_a_flag_and_a_variable() -> None:
     # A value that passes validation for each field, spelled as a string.
     samples = {"bool": "false", "int": "77", "float": "0.5", "str": "info-x"}
@@ -205,6 +225,11 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "tls_client_ca_file": [*tls, "--tls-client-auth", "require"],
         "tls_client_auth": [*tls, "--tls-client-ca-file", "ca"],
         "auth": ["--auth-tokens-file", "t"],
+        "etcd_username": ["--etcd-password", "pw"],
+        "etcd_password": ["--etcd-username", "u"],
+        "etcd_password_file": ["--etcd-username", "u"],
+        "etcd_tls_cert_file": ["--etcd-tls-key-file", "k.pem"],
+        "etcd_tls_key_file": ["--etcd-tls-cert-file", "c.pem"],
     }
     # Several workers need Redis and etcd (given as flags, so the variable is tested alone).
     special["workers"], special["reuse_port"] = "2", "true"

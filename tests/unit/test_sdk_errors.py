@@ -80,6 +80,8 @@ SERVER_ERRORS: list[domain.BlackboardError] = [
     domain.NotJson("blob"),
     domain.RetriesExhausted("patch gave up"),
     domain.LimitExceeded("max_value_bytes", 2000, 1000),
+    domain.QuotaExceeded("conversations", 10, 11),
+    domain.RateLimited(2.5, 5, 400),
     domain.SlowSubscriber(41, 10_000),
     domain.RevisionCompacted(5, 90),
     domain.BackendUnavailable("redis", "connection refused"),
@@ -122,6 +124,26 @@ def test_condition_failed_carries_the_current_version() -> None:
     assert isinstance(error, bb.ConditionFailed)
     assert isinstance(error, bb.FailedPrecondition)
     assert (error.key, error.current_version, error.current_mod_revision) == ("tasks/1", 3, 17)
+
+
+def test_quota_errors_name_the_quota_and_its_limit() -> None:
+    error = error_from_status(
+        rpc_status_of(
+            server_errors.to_status(domain.QuotaExceeded("bytes", 1 << 30, (1 << 30) + 7))
+        )
+    )
+    assert isinstance(error, bb.QuotaExceeded) and isinstance(error, bb.ResourceExhausted)
+    assert (error.quota, error.limit, error.value) == ("bytes", 1 << 30, (1 << 30) + 7)
+    limited = error_from_status(
+        rpc_status_of(server_errors.to_status(domain.RateLimited(2.5, 5, 400)))
+    )
+    assert isinstance(limited, bb.RateLimited) and isinstance(limited, bb.QuotaExceeded)
+    assert (limited.quota, limited.limit, limited.retry_after_ms) == (
+        "requests_per_second",
+        2.5,
+        400,
+    )
+    assert limited.metadata["burst"] == "5"
 
 
 def rpc_status_of(sent: grpc.Status) -> status_pb2.Status:

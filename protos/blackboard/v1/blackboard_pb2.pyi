@@ -78,6 +78,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """PERMISSION_DENIED: metadata has tenant (the x-tenant header names another tenant)"""
     METHOD_NOT_ALLOWED: _ErrorReason.ValueType  # 25
     """PERMISSION_DENIED: metadata has method (a method no role may call)"""
+    QUOTA_EXCEEDED: _ErrorReason.ValueType  # 26
+    """RESOURCE_EXHAUSTED: a tenant quota; metadata has quota, limit, value"""
+    RATE_LIMITED: _ErrorReason.ValueType  # 27
+    """RESOURCE_EXHAUSTED: the tenant's request rate; metadata has quota, limit, burst, retry_after_ms"""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """---------------------------------------------------------------------------
@@ -138,6 +142,10 @@ TENANT_MISMATCH: ErrorReason.ValueType  # 24
 """PERMISSION_DENIED: metadata has tenant (the x-tenant header names another tenant)"""
 METHOD_NOT_ALLOWED: ErrorReason.ValueType  # 25
 """PERMISSION_DENIED: metadata has method (a method no role may call)"""
+QUOTA_EXCEEDED: ErrorReason.ValueType  # 26
+"""RESOURCE_EXHAUSTED: a tenant quota; metadata has quota, limit, value"""
+RATE_LIMITED: ErrorReason.ValueType  # 27
+"""RESOURCE_EXHAUSTED: the tenant's request rate; metadata has quota, limit, burst, retry_after_ms"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 class _Role:

@@ -32,10 +32,14 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 
+import structlog
+
 from blackboard_server.adapters.etcd import (
+    EtcdAuthFailed,
     EtcdClient,
     EtcdError,
     EtcdLeaseNotFound,
+    EtcdSecurity,
     Op,
     RangeResult,
     Watcher,
@@ -62,8 +66,13 @@ from blackboard_server.domain.errors import (
     WaitExpired,
 )
 from blackboard_server.domain.model import ConversationRef, FenceKind, WriteBatch
+from blackboard_server.domain.quota import check_count
 
+log = structlog.get_logger("blackboard.etcd")
 _AGENTS_CACHED = 4096
+# How grpc reports a TLS connection that failed (a CA that does not match, a
+# client certificate etcd wants and did not get): a refusal, not an outage.
+_TLS_FAILURES = ("handshake", "ssl", "tsi_", "certificate")
 _CENSUS_PAGE = 5000  # keys per etcd read when counting
 
 
@@ -86,11 +95,13 @@ class EtcdCoordinator:
         replica_id: str | None = None,
         shards: int = 8,
         replica_ttl_s: int = 5,
+        security: EtcdSecurity | None = None,
     ) -> EtcdCoordinator:
-        """No I/O yet: etcd may come up after the server does."""
+        """No I/O yet: etcd may come up after the server does (see check_access)."""
         if shards < 1 or replica_ttl_s < 1:
             raise ValueError("shards and replica_ttl_s must be at least 1")
-        etcd = await EtcdClient(endpoints, timeout_s=timeout_s).__aenter__()
+        client = EtcdClient(endpoints, timeout_s=timeout_s, security=security or EtcdSecurity())
+        etcd = await client.__aenter__()
         keys = Layout(prefix)
         replica = replica_id or f"{socket.gethostname()}-{secrets.token_hex(4)}"
         recorder = Recorder(etcd, keys, replica_id=replica, shards=shards, ttl_s=replica_ttl_s)
@@ -126,12 +137,37 @@ class EtcdCoordinator:
 
     # --- sessions ------------------------------------------------------------------------
 
-    async def open_session(self, ref: ConversationRef, agent_id: str, ttl_ms: int) -> SessionInfo:
+    async def check_access(self) -> None:
+        """One read under the prefix: raises EtcdAuthFailed when etcd refuses the
+        credentials or the permission; an etcd out of reach is left for later."""
+        try:
+            await self._etcd.range(self._keys.root + "/", count_only=True)
+        except EtcdAuthFailed:
+            raise
+        except EtcdError as exc:
+            if any(sign in str(exc).lower() for sign in _TLS_FAILURES):
+                raise EtcdAuthFailed(f"TLS with etcd failed: {exc}") from exc
+            log.warning("etcd is not reachable yet; carrying on", error=str(exc))
+
+    async def open_session(
+        self, ref: ConversationRef, agent_id: str, ttl_ms: int, *, max_sessions: int = 0
+    ) -> SessionInfo:
+        tenant_sessions = self._keys.tenant_sessions(ref.tenant)
         async with self._bounded():
+            if max_sessions:
+                live = await self._etcd.range(tenant_sessions, count_only=True)
+                check_count("sessions", max_sessions, live.count)
             lease = await self._etcd.grant(max(1, math.ceil(ttl_ms / 1000)))
             info = SessionInfo(ref, session_id_of(lease.id), agent_id, lease.ttl * 1000)
             session = self._keys.session(ref, info.session_id)
-            await self._etcd.put(session, encode_session(agent_id, info.ttl_ms), lease=lease.id)
+            # The tenant's index of sessions, on the same lease: counted by the quota.
+            await self._etcd.txn(
+                (),
+                (
+                    Op.put(session, encode_session(agent_id, info.ttl_ms), lease=lease.id),
+                    Op.put(tenant_sessions + info.session_id.encode(), b"", lease=lease.id),
+                ),
+            )
         self._remember(info)
         return info
 

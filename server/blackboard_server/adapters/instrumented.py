@@ -25,6 +25,7 @@ from blackboard_server.domain.model import (
     Snapshot,
     WriteBatch,
 )
+from blackboard_server.domain.quota import UNLIMITED, StoreQuota, Usage
 from blackboard_server.metrics import Metrics
 from blackboard_server.ports import Coordinator, Listener, StateStore
 from blackboard_server.tracing import Tracing
@@ -77,10 +78,21 @@ class InstrumentedStore:
         self._log_length = metrics.changelog_length.observe
 
     async def create_conversation(
-        self, ref: ConversationRef, metadata: dict[str, str], idle_ttl_ms: int, now_ms: int
+        self,
+        ref: ConversationRef,
+        metadata: dict[str, str],
+        idle_ttl_ms: int,
+        now_ms: int,
+        *,
+        max_conversations: int = 0,
     ) -> Conversation:
-        call = self.inner.create_conversation(ref, metadata, idle_ttl_ms, now_ms)
+        call = self.inner.create_conversation(
+            ref, metadata, idle_ttl_ms, now_ms, max_conversations=max_conversations
+        )
         return await self._timed("create_conversation", call)
+
+    async def usage(self, tenant: str) -> Usage:
+        return await self._timed("usage", self.inner.usage(tenant))
 
     async def get_conversation(self, ref: ConversationRef) -> Conversation:
         return await self._timed("get_conversation", self.inner.get_conversation(ref))
@@ -101,9 +113,15 @@ class InstrumentedStore:
         return await self._timed("set_grant", self.inner.set_grant(ref, subject, role))
 
     async def commit(
-        self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
+        self,
+        ref: ConversationRef,
+        batch: WriteBatch,
+        fingerprint: str,
+        now_ms: int,
+        quota: StoreQuota = UNLIMITED,
     ) -> CommitResult:
-        return await self._timed("commit", self.inner.commit(ref, batch, fingerprint, now_ms))
+        call = self.inner.commit(ref, batch, fingerprint, now_ms, quota)
+        return await self._timed("commit", call)
 
     async def read(
         self, ref: ConversationRef, prefix: str, after: str, limit: int, *, exact: bool = False
@@ -145,8 +163,11 @@ class InstrumentedCoordinator:
         self.inner = inner
         self._timed = _Timer(backend, metrics, tracing)
 
-    async def open_session(self, ref: ConversationRef, agent_id: str, ttl_ms: int) -> SessionInfo:
-        return await self._timed("open_session", self.inner.open_session(ref, agent_id, ttl_ms))
+    async def open_session(
+        self, ref: ConversationRef, agent_id: str, ttl_ms: int, *, max_sessions: int = 0
+    ) -> SessionInfo:
+        call = self.inner.open_session(ref, agent_id, ttl_ms, max_sessions=max_sessions)
+        return await self._timed("open_session", call)
 
     async def keep_alive(self, ref: ConversationRef, session_id: str) -> int:
         return await self._timed("keep_alive", self.inner.keep_alive(ref, session_id))

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from blackboard_server.domain import commit
+from blackboard_server.domain import quota as quotas
 from blackboard_server.domain.errors import (
     ConversationExists,
     ConversationNotFound,
@@ -50,6 +51,7 @@ class _Conversation:
     reply_expiry: deque[tuple[int, str]] = field(default_factory=deque)
     bindings: dict[str, set[str]] = field(default_factory=dict)  # session -> bound keys
     ended: dict[str, int] = field(default_factory=dict)  # session -> when its end was recorded
+    bytes: int = 0  # keys and values of the live entries (domain/quota.py)
     grants: dict[str, int] = field(default_factory=dict)  # subject -> role
 
     def view(self) -> Conversation:
@@ -71,17 +73,31 @@ class MemoryStore:
         self._conversations: dict[ConversationRef, _Conversation] = {}
         self._expiries: list[tuple[int, ConversationRef, str]] = []  # heap
         self._listeners: list[Listener] = []
+        self._usage: dict[str, quotas.Usage] = {}  # tenant -> its conversations and bytes
 
     # --- conversations --------------------------------------------------------
 
     async def create_conversation(
-        self, ref: ConversationRef, metadata: dict[str, str], idle_ttl_ms: int, now_ms: int
+        self,
+        ref: ConversationRef,
+        metadata: dict[str, str],
+        idle_ttl_ms: int,
+        now_ms: int,
+        *,
+        max_conversations: int = 0,
     ) -> Conversation:
         if ref in self._conversations:
             raise ConversationExists(ref.id)
+        usage = self._usage.setdefault(ref.tenant, quotas.Usage())
+        quotas.check_count("conversations", max_conversations, usage.conversations)
         conv = _Conversation(ref, dict(metadata), now_ms, now_ms, idle_ttl_ms)
         self._conversations[ref] = conv
+        usage.conversations += 1
         return conv.view()
+
+    async def usage(self, tenant: str) -> quotas.Usage:
+        usage = self._usage.get(tenant, quotas.Usage())
+        return quotas.Usage(usage.conversations, usage.bytes)
 
     async def get_conversation(self, ref: ConversationRef) -> Conversation:
         return self._get(ref).view()
@@ -94,8 +110,11 @@ class MemoryStore:
         return page, len(ids) > limit
 
     async def delete_conversation(self, ref: ConversationRef) -> None:
-        self._get(ref)
+        conv = self._get(ref)
         del self._conversations[ref]
+        usage = self._usage[ref.tenant]
+        usage.conversations -= 1
+        usage.bytes -= conv.bytes
         self._notify(ref, None)
 
     async def grants(self, ref: ConversationRef) -> dict[str, int]:
@@ -119,7 +138,12 @@ class MemoryStore:
     # --- writes ---------------------------------------------------------------
 
     async def commit(
-        self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
+        self,
+        ref: ConversationRef,
+        batch: WriteBatch,
+        fingerprint: str,
+        now_ms: int,
+        quota: quotas.StoreQuota = quotas.UNLIMITED,
     ) -> CommitResult:
         conv = self._get(ref)
         self._forget_replies(conv, now_ms)
@@ -137,6 +161,9 @@ class MemoryStore:
             now_ms=now_ms,
             session_keys=lambda session: conv.bindings.get(session, ()),
             session_ended=conv.ended.__contains__,
+            quota=quota,
+            entries=len(conv.entries),
+            tenant_bytes=self._usage[ref.tenant].bytes,
         )
         if plan.event is None:
             return CommitResult(plan.succeeded, conv.head, plan.results, plan.compared)
@@ -153,7 +180,12 @@ class MemoryStore:
         return result
 
     def _append(self, conv: _Conversation, event: Event) -> None:
+        added = 0
         for change in event.changes:
+            # From the entry stored now, not change.previous: an event may change a key twice.
+            current = conv.entries.get(change.key)
+            added -= quotas.entry_size(current) if current is not None else 0
+            added += quotas.entry_size(change.entry) if change.entry is not None else 0
             self._rebind(conv, change.key, change.entry)
             if change.entry is not None:
                 # Not `previous is None`: an event may change one key twice (a Put of
@@ -166,6 +198,8 @@ class MemoryStore:
             else:
                 del conv.entries[change.key]
                 del conv.keys[bisect.bisect_left(conv.keys, change.key)]
+        conv.bytes += added
+        self._usage[conv.ref.tenant].bytes += added
         conv.head = event.revision
         conv.update_time_ms = event.time_ms
         conv.log.append(event)

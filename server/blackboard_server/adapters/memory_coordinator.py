@@ -24,6 +24,7 @@ from blackboard_server.domain.errors import (
     WaitExpired,
 )
 from blackboard_server.domain.model import ConversationRef, FenceKind, WriteBatch
+from blackboard_server.domain.quota import check_count
 
 Queue = tuple[ConversationRef, FenceKind, str]
 
@@ -69,7 +70,12 @@ class MemoryCoordinator:
 
     # --- sessions -------------------------------------------------------------
 
-    async def open_session(self, ref: ConversationRef, agent_id: str, ttl_ms: int) -> SessionInfo:
+    async def open_session(
+        self, ref: ConversationRef, agent_id: str, ttl_ms: int, *, max_sessions: int = 0
+    ) -> SessionInfo:
+        if max_sessions:
+            live = sum(1 for s in self._sessions.values() if s.info.ref.tenant == ref.tenant)
+            check_count("sessions", max_sessions, live)
         session_id = f"{secrets.randbits(63):016x}"
         info = SessionInfo(ref, session_id, agent_id, ttl_ms)
         self._sessions[session_id] = _Session(info, time.monotonic() + ttl_ms / 1000)

@@ -38,11 +38,13 @@ from blackboard_server.adapters.redis_connect import open_redis, raise_if_transi
 from blackboard_server.adapters.redis_durability import Durability
 from blackboard_server.adapters.redis_notify import Notifications
 from blackboard_server.adapters.redis_pipe import Arg, Script, ScriptPipe
+from blackboard_server.domain import quota as quotas
 from blackboard_server.domain.errors import (
     BackendUnavailable,
     ConversationExists,
     ConversationNotFound,
     Fenced,
+    QuotaExceeded,
     RequestIdReused,
     RevisionCompacted,
     SessionNotFound,
@@ -86,7 +88,8 @@ class RedisStore:
         self._prefix = prefix
         self._timeout_s = timeout_s
         # Notifications on a cluster are sharded: SPUBLISH reaches only the channel's shard.
-        self._publish = "SPUBLISH" if isinstance(client, RedisCluster) else "PUBLISH"
+        self._cluster = isinstance(client, RedisCluster)
+        self._publish = "SPUBLISH" if self._cluster else "PUBLISH"
         self._ttl_index = f"{prefix}:ttl"
         self._known_keys: dict[ConversationRef, codec.Keys] = {}
         # Reads go through redis-py; every write through the pipe, which
@@ -185,7 +188,13 @@ class RedisStore:
     # --- conversations --------------------------------------------------------
 
     async def create_conversation(
-        self, ref: ConversationRef, metadata: dict[str, str], idle_ttl_ms: int, now_ms: int
+        self,
+        ref: ConversationRef,
+        metadata: dict[str, str],
+        idle_ttl_ms: int,
+        now_ms: int,
+        *,
+        max_conversations: int = 0,
     ) -> Conversation:
         keys, index = self._keys(ref), self._tenant_index(ref.tenant)
         packed = codec.pack_metadata(metadata)
@@ -194,14 +203,44 @@ class RedisStore:
             # listing skips, never a conversation that listing misses.
             await self._index("add", index, ref.id)
             created = await self._write(
-                "conversation", keys.all, "create", now_ms, idle_ttl_ms, packed
+                "conversation",
+                (*keys.all, self._usage(keys)),
+                "create",
+                now_ms,
+                idle_ttl_ms,
+                packed,
+                max_conversations,
             )
-            if created:
+            if created == -1:
+                await self._unindex(index, keys, ref)
+            elif created:
                 # A delete of the same id racing this create may have removed it.
                 await self._index("add", index, ref.id)
+        if created == -1:
+            usage = await self.usage(ref.tenant)
+            raise QuotaExceeded("conversations", max_conversations, usage.conversations + 1)
         if not created:
             raise ConversationExists(ref.id)
         return Conversation(ref, dict(metadata), now_ms, now_ms, idle_ttl_ms, 0, 0)
+
+    async def _unindex(self, index: str, keys: codec.Keys, ref: ConversationRef) -> None:
+        await self._index("remove", index, ref.id)
+        # A create of the same id racing this must stay listed.
+        if await self._client.exists(keys.meta):
+            await self._index("add", index, ref.id)
+
+    def _usage(self, keys: codec.Keys) -> str:
+        """The usage hash the scripts keep: the tenant's on one Redis; on a cluster
+        the conversation's own, as the tenant's lies in another slot."""
+        return keys.own_usage if self._cluster else keys.usage
+
+    async def usage(self, tenant: str) -> quotas.Usage:
+        """On a cluster tenants' usage is not kept (docs/quotas.md): zeros."""
+        async with self._guard():
+            conversations, size = await self._client.hmget(
+                codec.usage_key(self._prefix, tenant), ["conversations", "bytes"]
+            )
+        return quotas.Usage(int(conversations or 0), int(size or 0))
 
     async def get_conversation(self, ref: ConversationRef) -> Conversation:
         async with self._guard():
@@ -241,13 +280,14 @@ class RedisStore:
         keys, index = self._keys(ref), self._tenant_index(ref.tenant)
         async with self._guard():
             deleted = await self._write(
-                "conversation", keys.all, "delete", keys.channel, self._publish
+                "conversation",
+                (*keys.all, self._usage(keys)),
+                "delete",
+                keys.channel,
+                self._publish,
             )
             if deleted:
-                await self._index("remove", index, ref.id)
-                # A create of the same id racing this delete must stay listed.
-                if await self._client.exists(keys.meta):
-                    await self._index("add", index, ref.id)
+                await self._unindex(index, keys, ref)
         if not deleted:
             raise ConversationNotFound(ref.id)
 
@@ -269,7 +309,12 @@ class RedisStore:
     # --- writes ---------------------------------------------------------------
 
     async def commit(
-        self, ref: ConversationRef, batch: WriteBatch, fingerprint: str, now_ms: int
+        self,
+        ref: ConversationRef,
+        batch: WriteBatch,
+        fingerprint: str,
+        now_ms: int,
+        quota: quotas.StoreQuota = quotas.UNLIMITED,
     ) -> CommitResult:
         keys = self._keys(ref)
         started = time.monotonic()
@@ -277,7 +322,7 @@ class RedisStore:
             # No guard: the pipe bounds every call by the timeout itself.
             reply = await self._pipe.evalsha(
                 self._commit_script,
-                keys.all,
+                (*keys.all, self._usage(keys)),
                 codec.pack_batch(batch),
                 fingerprint,
                 now_ms,
@@ -286,6 +331,8 @@ class RedisStore:
                 keys.channel,
                 MAX_NOTIFY_PAYLOAD,
                 self._publish,
+                quota.entries_per_conversation,
+                quota.bytes,
             )
         except ResponseError as exc:
             raise_if_transient(exc)
@@ -305,6 +352,8 @@ class RedisStore:
             raise RequestIdReused(batch.request_id)
         if status == b"SESSION_ENDED":
             raise SessionNotFound(reply[1].decode())
+        if status == b"QUOTA":
+            raise QuotaExceeded(reply[1].decode(), reply[2], reply[3])
         return codec.unpack_result(reply[1], replayed=bool(reply[2]))
 
     async def expire_due(self, now_ms: int, limit: int) -> int:
@@ -336,7 +385,7 @@ class RedisStore:
             await self._client.zrem(self._ttl_index, member)
             deleted, following = await self._write(
                 "expire",
-                keys.named("m", "d", "k", "l", "x", "b"),
+                (*keys.named("m", "d", "k", "l", "x", "b"), self._usage(keys)),
                 now_ms,
                 limit,
                 self._retention,

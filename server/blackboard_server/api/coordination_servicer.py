@@ -11,8 +11,10 @@ from blackboard_server.api import convert
 from blackboard_server.api.errors import unary
 from blackboard_server.api.servicer import caller
 from blackboard_server.domain.model import FenceKind
+from blackboard_server.domain.quota import Quota
 from blackboard_server.services.blackboard import Caller
 from blackboard_server.services.coordination import CoordinationService
+from blackboard_server.services.quotas import Admission, QuotaBook
 
 Context = grpc.aio.ServicerContext[Any, Any]
 LOCK = FenceKind.LOCK
@@ -21,14 +23,23 @@ ELECTION = FenceKind.ELECTION
 
 class CoordinationServicer:
     def __init__(
-        self, service: CoordinationService, *, tenant: str, verified: bool = False
+        self,
+        service: CoordinationService,
+        *,
+        tenant: str,
+        verified: bool = False,
+        admission: Admission | None = None,
     ) -> None:
         self._svc = service
         self._tenant = tenant
         self._verified = verified
+        self._admission = admission or Admission(QuotaBook(Quota()))
 
     def _caller(self, context: Context) -> Caller:
-        return caller(context, self._tenant, self._verified)
+        """The caller, once its tenant's request rate lets the call in."""
+        who = caller(context, self._tenant, self._verified)
+        self._admission.admit(who.tenant)
+        return who
 
     @unary
     async def OpenSession(self, r: pb.OpenSessionRequest, c: Context) -> Any:
@@ -103,9 +114,11 @@ class CoordinationServicer:
 
     @unary
     async def Observe(self, r: pb.ObserveRequest, c: Context) -> None:
-        async with self._svc.observe(self._caller(c), r.conversation_id, r.role) as updates:
-            async for holder in updates:
-                update = pb.LeaderUpdate(has_leader=holder is not None)
-                if holder is not None:
-                    update.leader.CopyFrom(convert.holder(holder))
-                await c.write(update)
+        who = self._caller(c)
+        with self._admission.subscriber(who.tenant, r.conversation_id):
+            async with self._svc.observe(who, r.conversation_id, r.role) as updates:
+                async for holder in updates:
+                    update = pb.LeaderUpdate(has_leader=holder is not None)
+                    if holder is not None:
+                        update.leader.CopyFrom(convert.holder(holder))
+                    await c.write(update)

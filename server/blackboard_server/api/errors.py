@@ -8,6 +8,7 @@ The SDK inverts this table by reason.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -36,6 +37,7 @@ TABLE: tuple[tuple[type[e.BlackboardError], grpc.StatusCode], ...] = (
     (e.NotJson, grpc.StatusCode.FAILED_PRECONDITION),
     (e.RetriesExhausted, grpc.StatusCode.ABORTED),
     (e.LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (e.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.SlowSubscriber, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (e.RevisionCompacted, grpc.StatusCode.OUT_OF_RANGE),
     (e.SessionNotFound, grpc.StatusCode.NOT_FOUND),
@@ -98,7 +100,17 @@ def _code_number(code: grpc.StatusCode) -> int:
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: e.BlackboardError) -> None:
     REASON.set(error.reason)
     status = to_status(error)
-    await context.abort(status.code, status.details, status.trailing_metadata)
+    try:
+        await context.abort(status.code, status.details, status.trailing_metadata)
+    except grpc.aio.AbortError:
+        raise
+    except Exception as exc:
+        # grpc cannot send a status on a call whose client already went away (its
+        # deadline passed, it cancelled); the context may not know yet. The call
+        # ends as cancelled, not as a bug.
+        if type(exc).__name__ == "ExecuteBatchError":
+            raise asyncio.CancelledError from None
+        raise
 
 
 H = TypeVar("H")

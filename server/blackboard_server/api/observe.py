@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 
 from blackboard_server import logs
 from blackboard_server.api.auth import IDENTITY
@@ -75,6 +76,8 @@ class _Method:
 
     def conversation(self, request: Any) -> str:
         field = self.conversation_field
+        if not isinstance(request, Message):
+            return ""  # bytes that did not parse (api/handlers.py)
         if field == UNSET:
             if hasattr(request, "conversation_id"):
                 field = "conversation_id"

@@ -18,9 +18,11 @@ from blackboard_server.api.write_stream import WriteStream
 from blackboard_server.domain.auth import Role
 from blackboard_server.domain.errors import CredentialsMissing, SlowSubscriber
 from blackboard_server.domain.limits import Limits
+from blackboard_server.domain.quota import Quota
 from blackboard_server.metrics import Metrics
 from blackboard_server.services.access import Access
 from blackboard_server.services.blackboard import BlackboardService, Caller
+from blackboard_server.services.quotas import Admission, QuotaBook
 from blackboard_server.services.subscription import SubscribeOptions, Subscriptions, resume_point
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -52,6 +54,7 @@ class BlackboardServicer:
         *,
         tenant: str,
         write_timeout_s: float,
+        admission: Admission | None = None,
         verified: bool = False,
         limits: Limits | None = None,
         metrics: Metrics | None = None,
@@ -59,6 +62,7 @@ class BlackboardServicer:
         self._limits = limits or Limits()
         self._closing = asyncio.Event()
         self._outcomes = streamed_write_outcomes(metrics or Metrics())
+        self._admission = admission or Admission(QuotaBook(Quota()))
         self._bb = blackboard
         self._subs = subscriptions
         self._access = access
@@ -67,7 +71,10 @@ class BlackboardServicer:
         self._verified = verified
 
     def _caller(self, context: Context) -> Caller:
-        return caller(context, self._tenant, self._verified)
+        """The caller, once its tenant's request rate lets the call in."""
+        who = caller(context, self._tenant, self._verified)
+        self._admission.admit(who.tenant)
+        return who
 
     @unary
     async def CreateConversation(self, r: pb.CreateConversationRequest, c: Context) -> Any:
@@ -190,7 +197,15 @@ class BlackboardServicer:
     @unary
     async def Write(self, requests: AsyncIterator[pb.WriteStreamRequest], c: Context) -> None:
         access = self._access if self._verified else None
-        stream = WriteStream(self._bb, access, self._caller(c), self._limits, self._outcomes, c)
+        stream = WriteStream(
+            self._bb,
+            access,
+            self._caller(c),
+            self._limits,
+            self._outcomes,
+            c,
+            admit=self._admission.admit,
+        )
         await stream.serve(requests, self._closing)
 
     def close(self) -> None:
@@ -201,18 +216,20 @@ class BlackboardServicer:
     async def Subscribe(self, r: pb.SubscribeRequest, c: Context) -> None:
         options = SubscribeOptions(r.prefix, r.start_revision, r.no_reset, r.with_previous)
         resume = r.start_revision - 1
-        async for item in self._subs.stream(self._caller(c), r.conversation_id, options):
-            try:
-                # A reader that stops reading would otherwise hold this write forever.
-                async with asyncio.timeout(self._write_timeout):
-                    await c.write(convert.stream_item(item, with_previous=r.with_previous))
-            except TimeoutError:
-                raise SlowSubscriber(max(resume, 0), 0) from None
-            except Exception:
-                if c.cancelled():
-                    return  # the client went away mid-write
-                raise
-            resume = resume_point(item, resume)
+        who = self._caller(c)
+        with self._admission.subscriber(who.tenant, r.conversation_id):
+            async for item in self._subs.stream(who, r.conversation_id, options):
+                try:
+                    # A reader that stops reading would otherwise hold this write forever.
+                    async with asyncio.timeout(self._write_timeout):
+                        await c.write(convert.stream_item(item, with_previous=r.with_previous))
+                except TimeoutError:
+                    raise SlowSubscriber(max(resume, 0), 0) from None
+                except Exception:
+                    if c.cancelled():
+                        return  # the client went away mid-write
+                    raise
+                resume = resume_point(item, resume)
 
 
 _ROLES = {Role.READER: pb.ROLE_READER, Role.WRITER: pb.ROLE_WRITER, Role.ADMIN: pb.ROLE_ADMIN}

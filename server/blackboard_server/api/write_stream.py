@@ -26,6 +26,7 @@ from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_server.api import writes
 from blackboard_server.api.auth import IDENTITY
 from blackboard_server.api.errors import status_message
+from blackboard_server.api.handlers import Malformed
 from blackboard_server.api.outcomes import TALLY, Outcome
 from blackboard_server.domain.auth import REQUIREMENTS
 from blackboard_server.domain.errors import (
@@ -58,6 +59,7 @@ class WriteStream:
         limits: Limits,
         outcomes: dict[str, Outcome],
         context: Context,
+        admit: Callable[[str], None] = lambda tenant: None,
     ) -> None:
         self._bb = bb
         self._access = access  # None: no authentication, nothing to authorize
@@ -65,6 +67,7 @@ class WriteStream:
         self._limits = limits
         self._outcomes = outcomes
         self._context = context
+        self._admit = admit  # the tenant's request rate: each write counts as a request
         self._sending = asyncio.Lock()  # one message at a time on the wire
         self._slots = asyncio.Semaphore(limits.max_stream_in_flight)
         self.tally = {"messages": 0, "writes": 0, "failed": 0}
@@ -77,11 +80,18 @@ class WriteStream:
         UNAVAILABLE `SHUTTING_DOWN`: the client sends whatever it has not had an
         answer for again, elsewhere or later."""
         TALLY.set(self.tally)
-        async with asyncio.TaskGroup() as group:
-            reading = group.create_task(self._read(requests, group))
-            stopping = group.create_task(closing.wait())
-            await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
-            (stopping if reading.done() else reading).cancel()
+        try:
+            async with asyncio.TaskGroup() as group:
+                reading = group.create_task(self._read(requests, group))
+                stopping = group.create_task(closing.wait())
+                await asyncio.wait((reading, stopping), return_when=asyncio.FIRST_COMPLETED)
+                (stopping if reading.done() else reading).cancel()
+        except ExceptionGroup as failed:
+            # A malformed message ends the stream with its status, not as a bug.
+            known = [x for x in failed.exceptions if isinstance(x, BlackboardError)]
+            if known:
+                raise known[0] from None
+            raise
         if reading.cancelled():
             raise ShuttingDown()
 
@@ -89,6 +99,9 @@ class WriteStream:
         self, requests: AsyncIterator[pb.WriteStreamRequest], group: asyncio.TaskGroup
     ) -> None:
         async for message in requests:
+            if isinstance(message, Malformed):
+                # The writes it carried cannot be told apart: the stream ends.
+                raise InvalidArgument("request", "is not a valid request message")
             count = min(len(message.writes), self._limits.max_stream_message_writes)
             for _ in range(count):
                 await self._slots.acquire()
@@ -121,6 +134,7 @@ class WriteStream:
             if kind is None:
                 raise InvalidArgument("op", "each write must be a put, delete or append")
             request = getattr(write, kind)
+            self._admit(self._who.tenant)
             if self._access is not None:
                 await self._access.authorize(_identity(), _NEED, request.conversation_id)
             result = await _KINDS[kind](self._bb, self._who, request)

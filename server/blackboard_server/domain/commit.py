@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from blackboard_server.domain import quota as quotas
 from blackboard_server.domain.errors import Fenced, SessionNotFound
 from blackboard_server.domain.model import (
     AppendChild,
@@ -101,13 +102,18 @@ def plan(
     now_ms: int,
     session_keys: SessionKeys = _no_keys,
     session_ended: SessionEnded = _not_ended,
+    quota: quotas.StoreQuota = quotas.UNLIMITED,
+    entries: int = 0,
+    tenant_bytes: int = 0,
 ) -> Plan:
     """Decides the outcome of `batch` against the state seen through `lookup`.
 
     Raises Fenced before anything else is looked at, so a fenced-out writer
     learns nothing about the state; SessionNotFound for a put bound to a
-    session whose end was recorded. A batch that carries a coordination record
-    always commits a revision, even with no changes.
+    session whose end was recorded; QuotaExceeded when the changes would grow
+    the conversation's `entries` or the tenant's `tenant_bytes` past `quota`.
+    A batch that carries a coordination record always commits a revision, even
+    with no changes.
     """
     check_fence(batch.fence, fence_mark)
     held = all(compare_holds(c, lookup(c.key)) for c in batch.compares)
@@ -139,6 +145,15 @@ def plan(
             changes.append(change)
     if not changes and batch.coordination is None:
         return Plan(held, None, tuple(results), compared)
+    added_entries, added_bytes = quotas.usage_delta(changes)
+    if quota is not quotas.UNLIMITED:
+        quotas.check_write(
+            quota,
+            entries=entries,
+            tenant_bytes=tenant_bytes,
+            added_entries=added_entries,
+            added_bytes=added_bytes,
+        )
     event = Event(revision, now_ms, provenance, tuple(changes), batch.coordination)
     return Plan(held, event, tuple(results), compared, tuple(ended))
 

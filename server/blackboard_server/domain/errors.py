@@ -10,7 +10,9 @@
     ├── Fenced                   a newer token exists for the fence
     ├── NotJson                  Patch on a value that is not JSON
     ├── RetriesExhausted         an internal optimistic retry gave up
-    ├── LimitExceeded            a configured limit or quota
+    ├── LimitExceeded            a configured limit on a request's size
+    ├── QuotaExceeded            a tenant's quota: conversations, entries, bytes, ...
+    │   └── RateLimited          the tenant's request rate
     ├── SlowSubscriber           a subscriber fell too far behind
     ├── RevisionCompacted        the revision is no longer retained
     ├── SessionNotFound          the session was closed or expired
@@ -135,6 +137,38 @@ class LimitExceeded(BlackboardError):
             f"{limit}: {value} exceeds {maximum}", limit=limit, value=value, maximum=maximum
         )
         self.limit = limit
+
+
+class QuotaExceeded(BlackboardError):
+    reason = "QUOTA_EXCEEDED"
+
+    def __init__(self, quota: str, limit: float, value: float, **extra: object) -> None:
+        super().__init__(
+            f"quota {quota} exceeded: {_number(value)} would pass the limit of {_number(limit)}",
+            quota=quota,
+            limit=_number(limit),
+            value=_number(value),
+            **extra,
+        )
+        self.quota = quota
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+class RateLimited(QuotaExceeded):
+    reason = "RATE_LIMITED"
+
+    def __init__(self, rate: float, burst: int, retry_after_ms: int) -> None:
+        super().__init__(
+            "requests_per_second", rate, rate, burst=burst, retry_after_ms=retry_after_ms
+        )
+        self.message = (
+            f"quota requests_per_second exceeded ({_number(rate)}/s, burst {burst}); "
+            f"retry after {retry_after_ms} ms"
+        )
+        self.args = (self.message,)
 
 
 class SlowSubscriber(BlackboardError):

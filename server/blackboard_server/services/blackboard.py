@@ -37,7 +37,9 @@ from blackboard_server.domain.model import (
     Target,
     WriteBatch,
 )
+from blackboard_server.domain.quota import Quota
 from blackboard_server.ports import Clock, Sessions, StateStore
+from blackboard_server.services.quotas import QuotaBook
 
 EVENTS_PAGE = 1000
 
@@ -91,7 +93,9 @@ class BlackboardService:
         *,
         patch_retries: int = 32,
         sessions: Sessions | None = None,
+        quotas: QuotaBook | None = None,
     ) -> None:
+        self._quotas = quotas or QuotaBook(Quota())
         self._store = store
         self._clock = clock
         self._limits = limits_
@@ -107,7 +111,11 @@ class BlackboardService:
         limits.metadata(metadata, self._limits)
         limits.non_negative(idle_ttl_ms, "idle_ttl_ms")
         return await self._store.create_conversation(
-            ref, metadata, idle_ttl_ms, self._clock.now_ms()
+            ref,
+            metadata,
+            idle_ttl_ms,
+            self._clock.now_ms(),
+            max_conversations=self._quotas.of(caller.tenant).conversations,
         )
 
     async def get_conversation(self, caller: Caller, conversation_id: str) -> Conversation:
@@ -185,7 +193,8 @@ class BlackboardService:
         )
         ref = caller.conversation(conversation_id)
         limits.write_batch(batch, self._limits)
-        return await self._store.commit(ref, batch, fingerprint(batch), self._clock.now_ms())
+        quota = self._quotas.of(caller.tenant).store
+        return await self._store.commit(ref, batch, fingerprint(batch), self._clock.now_ms(), quota)
 
     async def patch(
         self,
@@ -220,7 +229,8 @@ class BlackboardService:
                 key, Target.MOD_REVISION, Operator.EQUAL, current.mod_revision if current else 0
             )
             batch = self._batch(caller, (unchanged,), (Put(key, data, JSON),), request_id, fence)
-            result = await self._store.commit(ref, batch, digest, self._clock.now_ms())
+            quota = self._quotas.of(caller.tenant).store
+            result = await self._store.commit(ref, batch, digest, self._clock.now_ms(), quota)
             if result.replayed:
                 replayed = await self.get(caller, conversation_id, key, result.revision)
                 return Written(result.revision, result.results[0], True), replayed[0].data
@@ -245,7 +255,8 @@ class BlackboardService:
         limits.write_batch(batch, self._limits, single=True)
         # Stores compare fingerprints only to tell a retry from a reused request id.
         digest = fingerprint(batch) if batch.request_id else ""
-        result = await self._store.commit(ref, batch, digest, self._clock.now_ms())
+        quota = self._quotas.of(caller.tenant).store
+        result = await self._store.commit(ref, batch, digest, self._clock.now_ms(), quota)
         if not result.succeeded:
             state = result.compared[0]
             raise ConditionFailed(state.key, state.version, state.mod_revision)

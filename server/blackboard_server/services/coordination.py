@@ -28,8 +28,10 @@ from blackboard_server.domain.errors import (
 )
 from blackboard_server.domain.fingerprint import fingerprint
 from blackboard_server.domain.model import ConversationRef, FenceKind, WriteBatch
+from blackboard_server.domain.quota import Quota
 from blackboard_server.ports import Clock, Coordinator, StateStore
 from blackboard_server.services.blackboard import Caller
+from blackboard_server.services.quotas import QuotaBook
 
 log = structlog.get_logger("blackboard.coordination")
 
@@ -45,7 +47,9 @@ class CoordinationService:
         default_ttl_ms: int,
         max_ttl_ms: int,
         max_wait_ms: int,
+        quotas: QuotaBook | None = None,
     ) -> None:
+        self._quotas = quotas or QuotaBook(Quota())
         self._coordinator = coordinator
         self._store = store
         self._clock = clock
@@ -67,7 +71,10 @@ class CoordinationService:
         if ttl_ms > self._max_ttl:
             raise InvalidArgument("ttl_ms", f"must be at most {self._max_ttl}")
         session = await self._coordinator.open_session(
-            ref, caller.agent_id, ttl_ms or self._default_ttl
+            ref,
+            caller.agent_id,
+            ttl_ms or self._default_ttl,
+            max_sessions=self._quotas.of(caller.tenant).sessions,
         )
         await record(self._store, self._clock, ref, coordination.joined(session))
         return session

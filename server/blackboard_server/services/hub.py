@@ -128,7 +128,9 @@ class Feed:
             return
         if self._next is None:
             self._next = asyncio.get_running_loop().create_future()
-        await self._next
+        # Shielded: every waiter shares the future, and a cancelled waiter (a
+        # client that went away) would otherwise cancel it for all the others.
+        await asyncio.shield(self._next)
 
 
 class Hub:

@@ -2,12 +2,14 @@
 
 from blackboard_server.adapters.etcd.client import EtcdClient, LeaseKeeper
 from blackboard_server.adapters.etcd.errors import (
+    EtcdAuthFailed,
     EtcdCompacted,
     EtcdDeadline,
     EtcdError,
     EtcdLeaseLost,
     EtcdLeaseNotFound,
     EtcdNotLeader,
+    EtcdTokenRejected,
     EtcdUnavailable,
     EtcdWatchCanceled,
 )
@@ -27,12 +29,14 @@ from blackboard_server.adapters.etcd.model import (
     TxnResult,
     WatchBatch,
 )
+from blackboard_server.adapters.etcd.security import EtcdSecurity
 from blackboard_server.adapters.etcd.streams import Observer, Watcher
 from blackboard_server.adapters.etcd.transport import RetryPolicy
 
 __all__ = [
     "Compare",
     "DeleteResult",
+    "EtcdAuthFailed",
     "EtcdClient",
     "EtcdCompacted",
     "EtcdDeadline",
@@ -40,6 +44,8 @@ __all__ = [
     "EtcdLeaseLost",
     "EtcdLeaseNotFound",
     "EtcdNotLeader",
+    "EtcdSecurity",
+    "EtcdTokenRejected",
     "EtcdUnavailable",
     "EtcdWatchCanceled",
     "Event",

@@ -52,6 +52,7 @@ from blackboard_server.adapters.etcd.model import (
     to_bytes,
     txn_from_pb,
 )
+from blackboard_server.adapters.etcd.security import NO_SECURITY, EtcdSecurity
 from blackboard_server.adapters.etcd.streams import Observer, Watcher, keep_alive, renew_once
 from blackboard_server.adapters.etcd.transport import Member, RetryPolicy, Transport
 
@@ -88,16 +89,18 @@ class EtcdClient:
         *,
         timeout_s: float = 5.0,
         retry: RetryPolicy | None = None,
+        security: EtcdSecurity = NO_SECURITY,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
+        self._security = security
         self._endpoints = tuple(endpoints)
         self._retry = retry or RetryPolicy()
         self.timeout_s = timeout_s
         self._transport: Transport | None = None
 
     async def __aenter__(self) -> Self:
-        self._transport = Transport(self._endpoints, self._retry)
+        self._transport = Transport(self._endpoints, self._retry, self._security)
         return self
 
     async def __aexit__(

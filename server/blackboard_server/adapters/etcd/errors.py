@@ -8,7 +8,9 @@
     ├── EtcdLeaseNotFound     the lease does not exist (expired or revoked)
     ├── EtcdLeaseLost         a kept-alive lease could not be renewed in time
     ├── EtcdNotLeader         an election call made with a key that no longer leads
-    └── EtcdWatchCanceled     etcd ended a watch for a reason other than compaction
+    ├── EtcdWatchCanceled     etcd ended a watch for a reason other than compaction
+    └── EtcdAuthFailed        etcd refused the user, the password or the permission
+        └── EtcdTokenRejected the auth token expired or went stale: authenticate again
 
 `from_rpc_error` is the one place a gRPC status becomes one of these.
 """
@@ -65,6 +67,14 @@ class EtcdWatchCanceled(EtcdError):
     pass
 
 
+class EtcdAuthFailed(EtcdError):
+    """Wrong or missing credentials, or a user without permission: not retryable."""
+
+
+class EtcdTokenRejected(EtcdAuthFailed):
+    pass
+
+
 # etcd's own message texts for errors it sends with a generic status code
 # (the v3lock and v3election services send them as UNKNOWN).
 _BY_MESSAGE: tuple[tuple[str, type[EtcdError]], ...] = (
@@ -74,6 +84,13 @@ _BY_MESSAGE: tuple[tuple[str, type[EtcdError]], ...] = (
     ("has been compacted", EtcdCompacted),
     # a server-side wait (lock, campaign) that ran out of the deadline we sent
     ("context deadline exceeded", EtcdDeadline),
+    # etcd's auth errors (rpctypes): the first two need a fresh token
+    ("invalid auth token", EtcdTokenRejected),
+    ("revision of auth store is old", EtcdTokenRejected),
+    ("authentication failed", EtcdAuthFailed),
+    ("user name is empty", EtcdAuthFailed),
+    ("user name not found", EtcdAuthFailed),
+    ("permission denied", EtcdAuthFailed),
 )
 
 

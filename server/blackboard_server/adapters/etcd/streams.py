@@ -21,12 +21,13 @@ from blackboard_server.adapters.etcd.errors import (
     EtcdDeadline,
     EtcdLeaseLost,
     EtcdLeaseNotFound,
+    EtcdTokenRejected,
     EtcdUnavailable,
     EtcdWatchCanceled,
     from_rpc_error,
 )
 from blackboard_server.adapters.etcd.model import KeyValue, WatchBatch, event_from_pb, kv_from_pb
-from blackboard_server.adapters.etcd.transport import REQUIRE_LEADER, Transport
+from blackboard_server.adapters.etcd.transport import Transport
 
 
 class _Reconnect(Exception):
@@ -37,9 +38,12 @@ class _Reconnect(Exception):
         self.cause = cause
 
 
-def _classify(exc: aio.AioRpcError) -> Exception:
+def _classify(exc: aio.AioRpcError, transport: Transport) -> Exception:
+    """Unavailable members and rejected tokens are reconnected (with a fresh token)."""
     error = from_rpc_error(exc)
-    return _Reconnect(error) if isinstance(error, EtcdUnavailable) else error
+    if isinstance(error, EtcdTokenRejected):
+        transport.token_rejected()
+    return _Reconnect(error) if isinstance(error, EtcdUnavailable | EtcdTokenRejected) else error
 
 
 class _Outage:
@@ -156,24 +160,25 @@ class Watcher(_Stream):
             assert self._stream is not None
             response = await self._stream.read()
         except aio.AioRpcError as exc:
-            raise _classify(exc) from exc
+            raise _classify(exc, self._transport) from exc
         if not isinstance(response, rpc_pb2.WatchResponse):
             raise _Reconnect(EOFError("etcd ended the watch stream"))
         return response
 
     async def _open(self) -> None:
+        await self._transport.authorize(rejected=self._transport.rejected())
         self._index, member = self._transport.current()
         request = rpc_pb2.WatchCreateRequest()
         request.CopyFrom(self._create)
         request.start_revision = self.next_revision
-        self._stream = member.watch.Watch(metadata=REQUIRE_LEADER)
+        self._stream = member.watch.Watch(metadata=self._transport.metadata())
         self._call = self._stream
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._stream.write(rpc_pb2.WatchRequest(create_request=request))
                 created = await self._stream.read()
         except aio.AioRpcError as exc:
-            raise _classify(exc) from exc
+            raise _classify(exc, self._transport) from exc
         except (TimeoutError, asyncio.InvalidStateError) as exc:  # slow, or ended at once
             raise _Reconnect(exc) from exc
         if not isinstance(created, rpc_pb2.WatchResponse):
@@ -251,15 +256,16 @@ class Observer(_Stream):
         if self._stream_open and self._stream.cancelled():  # see Watcher._read
             self._drop()
         if not self._stream_open:
+            await self._transport.authorize(rejected=self._transport.rejected())
             self._index, member = self._transport.current()
             request = election_pb2.LeaderRequest(name=self._name)
-            self._stream = member.election.Observe(request, metadata=REQUIRE_LEADER)
+            self._stream = member.election.Observe(request, metadata=self._transport.metadata())
             self._call = self._stream
             self._stream_open = True
         try:
             response = await self._stream.read()
         except aio.AioRpcError as exc:
-            raise _classify(exc) from exc
+            raise _classify(exc, self._transport) from exc
         if not isinstance(response, election_pb2.LeaderResponse):
             raise _Reconnect(EOFError("etcd ended the observe stream"))
         return kv_from_pb(response.kv)
@@ -286,8 +292,9 @@ async def keep_alive(
     expires_at = time.monotonic() + ttl
     attempt = 0
     while True:
+        await transport.authorize(rejected=transport.rejected())
         index, member = transport.current()
-        call = member.lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)
+        call = member.lease.LeaseKeepAlive(metadata=transport.metadata())
         try:
             while True:
                 sent = time.monotonic()
@@ -304,7 +311,7 @@ async def keep_alive(
                     on_renewed(response.TTL)
                 await asyncio.sleep(response.TTL / 3)
         except aio.AioRpcError as exc:
-            error = _classify(exc)
+            error = _classify(exc, transport)
             if not isinstance(error, _Reconnect):
                 raise error from exc
         except (TimeoutError, asyncio.InvalidStateError):
@@ -328,8 +335,9 @@ async def renew_once(transport: Transport, lease_id: int, *, timeout_s: float) -
     deadline = time.monotonic() + timeout_s
     attempt = 0
     while True:
+        await transport.authorize(rejected=transport.rejected())
         index, member = transport.current()
-        call = member.lease.LeaseKeepAlive(metadata=REQUIRE_LEADER)
+        call = member.lease.LeaseKeepAlive(metadata=transport.metadata())
         try:
             async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
                 await call.write(rpc_pb2.LeaseKeepAliveRequest(ID=lease_id))
@@ -339,7 +347,7 @@ async def renew_once(transport: Transport, lease_id: int, *, timeout_s: float) -
                     raise EtcdLeaseNotFound(f"lease {lease_id:x} expired or was revoked")
                 return int(response.TTL)
         except aio.AioRpcError as exc:
-            error = _classify(exc)
+            error = _classify(exc, transport)
             if not isinstance(error, _Reconnect):
                 raise error from exc
         except TimeoutError as exc:

@@ -3,6 +3,7 @@
     {root}/t/{tenant}/c/{conversation}/sessions/{session}        a session, on its lease
     {root}/t/{tenant}/c/{conversation}/locks/{name}/{session}    a claim on a lock
     {root}/t/{tenant}/c/{conversation}/elections/{role}/{session}
+    {root}/t/{tenant}/s/{session}                                the tenant's sessions (quota)
     {root}/replicas/{replica}                                    a live replica, on its lease
     {root}/shards/{k}/{lease}                                    a replica's claim on shard k
     {root}/progress/{k}                                          shard k recorded up to here
@@ -76,6 +77,9 @@ class Layout:
 
     def sessions(self, ref: ConversationRef) -> bytes:
         return f"{self.conversation(ref)}sessions/".encode()
+
+    def tenant_sessions(self, tenant: str) -> bytes:
+        return f"{self.root}/t/{_esc(tenant)}/s/".encode()
 
     def session(self, ref: ConversationRef, session_id: str) -> bytes:
         return self.sessions(ref) + session_id.encode()

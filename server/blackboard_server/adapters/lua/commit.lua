@@ -1,11 +1,15 @@
 -- One write, all or nothing: a port of domain/commit.py::plan plus the
 -- bookkeeping of MemoryStore.commit.
 --
--- KEYS: meta data index log replies reply_expiry ttl fences bindings ended
+-- KEYS: meta data index log replies reply_expiry ttl fences bindings ended (the rest
+--       of Keys.all), and last the usage hash: the tenant's on one Redis, the
+--       conversation's own on a cluster (redis_store.py)
 -- ARGV: batch fingerprint now_ms retention dedupe_window_ms channel max_payload publish
---   (publish: PUBLISH, or SPUBLISH on a cluster)
+--       max_entries max_bytes
+--   (publish: PUBLISH, or SPUBLISH on a cluster; quotas: 0 is unlimited)
 local meta, data, index, log, replies, reply_expiry, ttl, fences, bindings, ended =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local usage = KEYS[#KEYS]
 local batch = cmsgpack.unpack(ARGV[1])
 local fingerprint = ARGV[2]
 local now = tonumber(ARGV[3])
@@ -14,6 +18,8 @@ local dedupe_window = tonumber(ARGV[5])
 local channel = ARGV[6]
 local max_payload = tonumber(ARGV[7])
 local publish = ARGV[8]
+local max_entries = tonumber(ARGV[9])
+local max_bytes = tonumber(ARGV[10])
 
 local head = redis.call('HGET', meta, 'rev')
 if not head then
@@ -161,7 +167,8 @@ for _, op in ipairs(ops) do
       local bound = string.sub(member, #session + 2)
       local previous, previous_raw = lookup(bound)
       if previous and previous[8] == session then
-        changes[#changes + 1] = {type = 2, key = bound, entry = false, previous = previous_raw}
+        changes[#changes + 1] = {type = 2, key = bound, entry = false, previous = previous_raw,
+          previous_table = previous}
       end
     end
   elseif kind == 1 or kind == 3 then
@@ -184,12 +191,13 @@ for _, op in ipairs(ops) do
     local entry = {key, op[3], op[4], version, create_revision, revision, expires, session,
       provenance}
     changes[#changes + 1] = {type = 1, key = key, entry = cmsgpack.pack(entry),
-      entry_table = entry, previous = previous_raw}
+      entry_table = entry, previous = previous_raw, previous_table = previous}
     results[#results + 1] = {key, version, create_revision}
   else
     local previous, previous_raw = lookup(key)
     if previous then
-      changes[#changes + 1] = {type = 2, key = key, entry = false, previous = previous_raw}
+      changes[#changes + 1] = {type = 2, key = key, entry = false, previous = previous_raw,
+        previous_table = previous}
       results[#results + 1] = {key, previous[4], previous[5]}
     else
       results[#results + 1] = {key, 0, 0}
@@ -202,6 +210,21 @@ if #changes == 0 and not coordination then
   return {'OK', cmsgpack.pack({held, head, results, compared}), 0, -1}
 end
 
+-- domain/quota.py::check_write
+local added_entries, added_bytes = usage_delta(changes)
+if max_entries > 0 and added_entries > 0 then
+  local entries = redis.call('ZCARD', index) + added_entries
+  if entries > max_entries then
+    return {'QUOTA', 'entries_per_conversation', max_entries, entries}
+  end
+end
+if max_bytes > 0 and added_bytes > 0 then
+  local size = tonumber(redis.call('HGET', usage, 'bytes') or '0') + added_bytes
+  if size > max_bytes then
+    return {'QUOTA', 'bytes', max_bytes, size}
+  end
+end
+
 for _, raise in ipairs(batch[9]) do
   local current = tonumber(redis.call('HGET', fences, raise[1]) or '0')
   redis.call('HSET', fences, raise[1], num(math.max(current, raise[2])))
@@ -211,7 +234,7 @@ for _, session in ipairs(ended_sessions) do
 end
 -- Remembered for the dedupe window, like request ids; forgotten by any commit.
 redis.call('ZREMRANGEBYSCORE', ended, '-inf', num(now - dedupe_window))
-apply_changes(data, index, ttl, bindings, changes)
+add_usage(meta, usage, apply_changes(data, index, ttl, bindings, changes))
 local event = encode_event(revision, now, provenance, changes, coordination)
 local result = cmsgpack.pack({held, revision, results, compared})
 if request_id ~= '' then

@@ -55,14 +55,22 @@ end
 -- c.entry_table is the decoded new entry, kept to index its expiry and its
 -- session. The binding index is kept from the entry stored now, not
 -- c.previous: one event may change a key twice.
+-- Returns the bytes the changes add to the conversation's usage (domain/quota.py),
+-- counted, like the bindings, from the entries stored now.
 local function apply_changes(data, index, ttl, bindings, changes)
+  local added = 0
   for _, c in ipairs(changes) do
     local current = redis.call('HGET', data, c.key)
     if current then
-      local session = cmsgpack.unpack(current)[8]
+      current = cmsgpack.unpack(current)
+      added = added - #c.key - #current[2]
+      local session = current[8]
       if session ~= '' then
         redis.call('ZREM', bindings, session .. '\0' .. c.key)
       end
+    end
+    if c.entry then
+      added = added + #c.key + #c.entry_table[2]
     end
     if c.entry and c.entry_table[8] ~= '' then
       redis.call('ZADD', bindings, 0, c.entry_table[8] .. '\0' .. c.key)
@@ -81,6 +89,31 @@ local function apply_changes(data, index, ttl, bindings, changes)
       redis.call('ZREM', index, c.key)
       redis.call('ZREM', ttl, c.key)
     end
+  end
+  return added
+end
+
+-- A port of domain/quota.py::usage_delta: entries and bytes the changes add,
+-- judged from each change's previous entry as the plan saw it.
+local function usage_delta(changes)
+  local entries, size = 0, 0
+  for _, c in ipairs(changes) do
+    if c.previous_table then
+      entries = entries - 1
+      size = size - #c.key - #c.previous_table[2]
+    end
+    if c.entry then
+      entries = entries + 1
+      size = size + #c.key + #c.entry_table[2]
+    end
+  end
+  return entries, size
+end
+
+local function add_usage(meta, usage, added)
+  if added ~= 0 then
+    redis.call('HINCRBY', meta, 'bytes', num(added))
+    redis.call('HINCRBY', usage, 'bytes', num(added))
   end
 end
 

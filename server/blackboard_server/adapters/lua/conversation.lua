@@ -1,14 +1,17 @@
 -- Creates (ARGV[1] == 'create') or deletes a conversation's keys in one step;
 -- reads or sets its grants, checking that it exists in the same step.
 --
--- KEYS: every key of the conversation (redis_codec.Keys.all); the grants hash is KEYS[11]
--- create ARGV: 'create' now_ms idle_ttl_ms metadata
+-- KEYS: every key of the conversation (redis_codec.Keys.all; the grants hash is KEYS[11]),
+--       then, for create and delete, the usage hash: the tenant's on one Redis, the
+--       conversation's own (deleted with it) on a cluster
+-- create ARGV: 'create' now_ms idle_ttl_ms metadata max_conversations (0: unlimited)
 -- delete ARGV: 'delete' channel publish (PUBLISH, or SPUBLISH on a cluster)
--- Returns 1, or 0 when the conversation already exists (create) or is missing (delete).
+-- Returns 1, 0 when the conversation already exists (create) or is missing
+-- (delete), or -1 when the tenant has max_conversations already.
 -- grants ARGV: 'grants'                 -> false if missing, else {subject, role, ...}
 -- grant ARGV:  'grant' subject role     -> -1 if missing, else 1/0: the subject had a grant
 --              (role '0' revokes)
-local meta = KEYS[1]
+local meta, usage = KEYS[1], KEYS[#KEYS]
 if ARGV[1] == 'grants' or ARGV[1] == 'grant' then
   if redis.call('EXISTS', meta) == 0 then
     if ARGV[1] == 'grants' then return false end
@@ -30,15 +33,30 @@ if ARGV[1] == 'create' then
   if redis.call('EXISTS', meta) == 1 then
     return 0
   end
+  local limit = tonumber(ARGV[5])
+  if limit > 0 and tonumber(redis.call('HGET', usage, 'conversations') or '0') >= limit then
+    return -1
+  end
   redis.call('HSET', meta, 'rev', 0, 'compact', 0, 'ctime', ARGV[2], 'utime', ARGV[2],
-    'idle', ARGV[3], 'metadata', ARGV[4])
+    'idle', ARGV[3], 'metadata', ARGV[4], 'bytes', 0)
+  redis.call('HINCRBY', usage, 'conversations', 1)
   return 1
 end
 if redis.call('EXISTS', meta) == 0 then
   return 0
 end
--- UNLINK frees large hashes and logs off the main thread.
-redis.call('UNLINK', unpack(KEYS))
+-- The conversation's own usage hash shares its key stem (`...:m`, `...:u`): it goes with it.
+if string.sub(usage, 1, #meta - 1) == string.sub(meta, 1, #meta - 1) then
+  -- UNLINK frees large hashes and logs off the main thread.
+  redis.call('UNLINK', unpack(KEYS))
+else
+  redis.call('HINCRBY', usage, 'conversations', -1)
+  local size = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+  if size ~= 0 then
+    redis.call('HINCRBY', usage, 'bytes', num(-size))
+  end
+  redis.call('UNLINK', unpack(KEYS, 1, #KEYS - 1))
+end
 -- An empty payload tells watchers to look again; they will find the conversation gone.
 redis.call(ARGV[3], ARGV[2], '')
 return 1
