@@ -172,7 +172,7 @@ def redis_durability(settings: Settings) -> Durability:
 
 def open_quotas(settings: Settings) -> QuotaBook:
     try:
-        return QuotaBook(settings.quota, settings.quotas_file)
+        return QuotaBook(settings.quota, settings.quotas_file, cluster=settings.redis_cluster)
     except QuotaFileError as exc:
         raise SettingsError(f"quotas_file: {exc}") from None
 
@@ -197,6 +197,7 @@ async def serve(
         )
     # Files first: a bad key or token file stops the start before anything connects.
     methods, tls = authenticators(settings), server_tls(settings)
+    quotas = open_quotas(settings)
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         metrics.changelog_retention.set(settings.retention)
@@ -209,7 +210,6 @@ async def serve(
         )
         stack.push_async_callback(store.aclose)
         clock = SystemClock()
-        quotas = open_quotas(settings)
         admission = Admission(quotas)
         # Before any task group: a backend refusing the credentials is a SettingsError
         # of its own, not one inside an exception group.

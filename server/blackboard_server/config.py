@@ -16,7 +16,7 @@ from typing import Any
 
 from blackboard_server.domain.auth import valid_tenant
 from blackboard_server.domain.limits import Limits
-from blackboard_server.domain.quota import Quota
+from blackboard_server.domain.quota import CLUSTER_QUOTAS, Quota, tenant_wide
 
 ENV_PREFIX = "BB_"
 
@@ -122,6 +122,11 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not self.redis_url
+
+    @property
+    def redis_cluster(self) -> bool:
+        """A redis+cluster:// or rediss+cluster:// URL (adapters/redis_access.py)."""
+        return self.redis_url.partition("://")[0] in ("redis+cluster", "rediss+cluster")
 
     @property
     def etcd(self) -> list[str]:
@@ -232,6 +237,7 @@ def validated(settings: Settings) -> Settings:
         raise SettingsError(f"listen: port {port} is out of range")
     _validate_redis(settings)
     _check_quotas(settings)
+    _check_cluster_quotas(settings)
     _check_etcd_credentials(settings)
     if settings.default_page_size > settings.max_page_size:
         raise SettingsError("default_page_size: must not exceed max_page_size")
@@ -259,6 +265,12 @@ def _check_etcd_credentials(settings: Settings) -> None:
         raise SettingsError("etcd_username and a password (etcd_password_file) go together")
     if bool(settings.etcd_tls_cert_file) != bool(settings.etcd_tls_key_file):
         raise SettingsError("etcd_tls_cert_file and etcd_tls_key_file go together")
+
+
+def _check_cluster_quotas(settings: Settings) -> None:
+    names = [f"quota_{name}" for name in tenant_wide(settings.quota)]
+    if settings.redis_cluster and names:
+        raise SettingsError(f"{', '.join(names)}: {CLUSTER_QUOTAS}")
 
 
 def _check_quotas(settings: Settings) -> None:

@@ -19,6 +19,7 @@ from blackboard_server.adapters.redis_codec import Keys
 from blackboard_server.app import RunningServer, serve
 from blackboard_server.config import Settings
 from blackboard_server.domain.model import ConversationRef
+from tests.integration.test_redis_access import start_fails
 from tests.integration.test_stream import Recorder, wait_until
 from tests.servers import RedisClusterServers, RedisServer
 
@@ -204,3 +205,35 @@ async def test_a_conversation_moved_to_another_shard_keeps_its_writes_and_subscr
         ]
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize(
+    ("flags", "quotas_file", "refused"),
+    [
+        (("--quota-conversations", "10"), "", "quota_conversations: not supported"),
+        (("--quota-bytes", "1000"), "", "quota_bytes: not supported"),
+        ((), "[tenants.t1]\nbytes = 5\n", "tenants.t1.bytes: not supported"),
+    ],
+)
+def test_tenant_wide_quotas_refuse_to_start_on_a_cluster(
+    redis_cluster: RedisClusterServers,
+    tmp_path: Path,
+    flags: tuple[str, ...],
+    quotas_file: str,
+    refused: str,
+) -> None:
+    """A tenant's conversations span slots: the cluster cannot count them (docs/quotas.md)."""
+    extra = list(flags)
+    if quotas_file:
+        (tmp_path / "quotas.toml").write_text(quotas_file)
+        extra += ["--quotas-file", str(tmp_path / "quotas.toml")]
+    before = stored(redis_cluster)
+    result = start_fails(tmp_path, "--redis-url", redis_cluster.url, "--durability", "fast", *extra)
+    lines = [line for line in result.stderr.splitlines() if "not supported" in line]
+    assert len(lines) == 1 and refused in lines[0] and "Redis Cluster" in lines[0]
+    assert "Traceback" not in result.stderr
+    assert stored(redis_cluster) == before  # refused before writing anything
+
+
+def stored(cluster: RedisClusterServers) -> list[str]:
+    return [cluster.cli(node, "DBSIZE").strip() for node in cluster.master_nodes()]
