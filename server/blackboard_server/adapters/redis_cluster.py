@@ -28,7 +28,14 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from blackboard_server.adapters.redis_access import RedisAccess
-from blackboard_server.adapters.redis_notify import SHARDED, Book, ChannelReader, Notifications
+from blackboard_server.adapters.redis_notify import (
+    SHARDED,
+    Book,
+    ChannelReader,
+    Notifications,
+    raise_if_cancelling,
+    stop,
+)
 from blackboard_server.adapters.redis_pipe import Arg, Script, ScriptPipe
 from blackboard_server.domain.errors import BackendUnavailable
 
@@ -175,6 +182,7 @@ class ShardedNotifications(Notifications):
     async def _move_forever(self) -> None:
         """After trouble: reads the slot map and moves channels to their owners."""
         while True:
+            raise_if_cancelling()  # a cancel swallowed by a connect (redis_notify.py)
             # Also now and then without trouble: a slot may move without Redis
             # dropping the subscription on the node that gave it away.
             with contextlib.suppress(TimeoutError):
@@ -196,12 +204,11 @@ class ShardedNotifications(Notifications):
             except Exception:
                 log.exception("moving subscriptions failed; trying again")
                 self._trouble.set()
+            raise_if_cancelling()
             await asyncio.sleep(_REFRESH_AT_MOST_EVERY_S)
 
     async def aclose(self) -> None:
-        self._mover.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._mover
+        await stop(self._mover)
         await super().aclose()
 
 

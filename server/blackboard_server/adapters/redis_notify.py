@@ -9,6 +9,12 @@ A cluster: one connection per primary (SSUBSCRIBE, Redis >= 7), each carrying
 the channels of the slots that primary owns. When a connection fails, Redis
 refuses a subscription (MOVED) or drops one (a slot moved away, a failover),
 the slot map is read again and channels move to their owners' connections.
+
+Stopping a reader survives a lost cancellation: on Python 3.11 a cancel that
+lands as redis-py's connect completes can be swallowed inside it
+(asyncio.wait_for's race), leaving the task "cancelling" but running. So the
+loops check Task.cancelling() each turn and after every error they handle, and
+stop() cancels again until the task is done.
 """
 
 from __future__ import annotations
@@ -45,6 +51,22 @@ class Verbs:
 
 PLAIN = Verbs("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", b"unsubscribe", False)
 SHARDED = Verbs("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe", True)
+
+
+def raise_if_cancelling() -> None:
+    """Raises CancelledError if this task was cancelled, even if the cancel was swallowed."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def stop(task: asyncio.Task[None]) -> None:
+    """Cancels `task` and waits until it is done, cancelling again in case a cancel was lost."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.1)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class Book:
@@ -109,6 +131,7 @@ class ChannelReader:
     async def run(self) -> None:
         delay = 0.05
         while True:
+            raise_if_cancelling()
             conn = self._connect()
             try:
                 await conn.connect()  # type: ignore[no-untyped-call]
@@ -130,6 +153,7 @@ class ChannelReader:
                     if (subscribed := self._book.subscribed.get(channel)) is not None:
                         subscribed.clear()
                 await conn.disconnect(nowait=True)
+            raise_if_cancelling()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
@@ -146,6 +170,7 @@ class ChannelReader:
         # An idle connection is probed with PING: a silent Redis is a lost one.
         unanswered = False
         while True:
+            raise_if_cancelling()
             try:
                 # push_request: over RESP3 (redis-py's default) messages arrive as pushes.
                 message = await conn.read_response(timeout=self._timeout_s / 2, push_request=True)
@@ -235,9 +260,7 @@ class Notifications:
     async def stop_reader(self, reader: ChannelReader) -> None:
         task = self._tasks.pop(reader, None)
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop(task)
 
     async def aclose(self) -> None:
         for reader in list(self._tasks):
@@ -255,4 +278,13 @@ class PlainNotifications(Notifications):
         return self._reader
 
 
-__all__ = ["PLAIN", "SHARDED", "Book", "ChannelReader", "Notifications", "PlainNotifications"]
+__all__ = [
+    "PLAIN",
+    "SHARDED",
+    "Book",
+    "ChannelReader",
+    "Notifications",
+    "PlainNotifications",
+    "raise_if_cancelling",
+    "stop",
+]
