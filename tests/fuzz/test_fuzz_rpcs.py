@@ -310,11 +310,15 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         workdir, "--log-level", "warning", "--max-wait-ms", str(MAX_WAIT_MS), "--uvloop", "false"
     ).start()
     loop = asyncio.new_event_loop()
+    # grpc.aio looks the loop up as the current one: after other async tests closed
+    # theirs, there is none unless this one is set.
+    asyncio.set_event_loop(loop)
     channel = loop.run_until_complete(_open_channel(process.address))
     try:
         yield Target(process, loop, channel, Counter())
     finally:
         loop.run_until_complete(channel.close())
+        asyncio.set_event_loop(None)
         loop.close()
         process.stop()
     log = (workdir / "server.log").read_text()
