@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import EtcdCluster, RedisServer, ServerProcess, start_replicas
+from tests.servers import (
+    EtcdCluster,
+    RedisClusterServers,
+    RedisServer,
+    ServerProcess,
+    start_replicas,
+)
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +22,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """Three primaries on loopback, no replicas: for tests that do not kill nodes."""
+    cluster = RedisClusterServers(Path(tmp_path_factory.mktemp("redis-cluster"))).start()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

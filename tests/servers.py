@@ -23,12 +23,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(predicate: object, timeout: float, what: str) -> None:
+def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
             return
-        time.sleep(0.02)
+        time.sleep(interval)
     raise TimeoutError(f"{what} not ready after {timeout}s")
 
 
@@ -109,7 +109,8 @@ class RedisServer:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                # NOAUTH: up, and wanting a password (requirepass).
+                return s.recv(16).startswith((b"+PONG", b"-NOAUTH"))
         except OSError:
             return False
 
@@ -411,6 +412,8 @@ def start_replicas(
     common = (
         "--redis-url",
         redis.url,
+        "--durability",
+        "durable" if redis.durable else "fast",
         "--etcd-endpoints",
         ",".join(etcd.endpoints),
         "--etcd-prefix",
@@ -430,3 +433,206 @@ def start_replicas(
     for server in servers:
         server.start()
     return servers
+
+
+def make_certificate(
+    directory: Path, name: str, ca: tuple[Path, Path] | None = None
+) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1: self-signed, or signed by `ca`."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    subject = ("-subj", f"/CN={name}", "-addext", "subjectAltName=IP:127.0.0.1")
+    if ca is None:
+        args = ("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject)
+        subprocess.run(
+            [require("openssl"), *args, "-keyout", str(key), "-out", str(cert)],
+            check=True,
+            capture_output=True,
+        )
+        return cert, key
+    csr = directory / f"{name}.csr"
+    request = ("req", "-newkey", "rsa:2048", "-nodes", *subject[:2])
+    subprocess.run(
+        [require("openssl"), *request, "-keyout", str(key), "-out", str(csr)],
+        check=True,
+        capture_output=True,
+    )
+    sign = ("x509", "-req", "-in", str(csr), "-days", "1", "-CA", str(ca[0]), "-CAkey", str(ca[1]))
+    subprocess.run(
+        [require("openssl"), *sign, "-CAcreateserial", "-out", str(cert), "-extfile", "/dev/stdin"],
+        input=b"subjectAltName=IP:127.0.0.1\n",
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class RedisClusterServers:
+    """A Redis Cluster on loopback: `masters` shards, each with `replicas` replicas.
+
+    Every node is a RedisServer with cluster mode on and its nodes.conf in its
+    own directory; `redis-cli --cluster create` assigns the slots. A small
+    `node_timeout_ms` makes a killed master's replica take over within about
+    a second.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas: int = 0,
+        durable: bool = False,
+        node_timeout_ms: int = 1000,
+        extra: tuple[str, ...] = (),
+        tls: tuple[Path, Path, Path] | None = None,
+    ) -> None:
+        """`tls`: (CA, certificate, key): nodes also listen with TLS, talk to each
+        other with TLS, and tell TLS clients their TLS ports."""
+        self.workdir = workdir
+        self.masters = masters
+        self.replicas = replicas
+        cluster = (
+            *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
+            *("--cluster-node-timeout", str(node_timeout_ms)),
+            # A replica takes over however long it was cut off: the tests kill masters.
+            *("--cluster-replica-validity-factor", "0"),
+            # Replicas sync at once, not after the default 5 s wait for more of them.
+            *("--repl-diskless-sync-delay", "0"),
+        )
+        count = masters * (1 + replicas)
+        self.tls_ports = [free_port() for _ in range(count)] if tls else []
+        # The bus port is given: the default (port + 10000) may be taken or out of range.
+        self.nodes = [
+            RedisServer(
+                workdir / f"node{i}",
+                durable=durable,
+                extra=(
+                    *cluster,
+                    *("--cluster-port", str(free_port())),
+                    *self._tls(tls, i),
+                    *extra,
+                ),
+            )
+            for i in range(count)
+        ]
+
+    def _tls(self, tls: tuple[Path, Path, Path] | None, i: int) -> tuple[str, ...]:
+        if tls is None:
+            return ()
+        ca, cert, key = (str(p) for p in tls)
+        return (
+            *("--tls-port", str(self.tls_ports[i]), "--tls-cert-file", cert),
+            *("--tls-key-file", key, "--tls-ca-cert-file", ca, "--tls-auth-clients", "no"),
+            *("--tls-cluster", "yes", "--tls-replication", "yes"),
+        )
+
+    @property
+    def tls_url(self) -> str:
+        return "rediss+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.tls_ports)
+
+    @property
+    def url(self) -> str:
+        """The server's cluster URL: every node as a seed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                require("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        wait_for(self.healthy, 60, "redis cluster", interval=0.2)
+        return self
+
+    def cli(self, node: RedisServer, *args: str) -> str:
+        result = subprocess.run(
+            [require("redis-cli"), "-p", str(node.port), *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return result.stdout
+
+    def live(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def healthy(self) -> bool:
+        """Every live node sees the cluster ok and every other live node connected,
+        and every primary has its replicas attached."""
+        live = self.live()
+        try:
+            for node in live:
+                if "cluster_state:ok" not in self.cli(node, "CLUSTER", "INFO"):
+                    return False
+                rows = [r.split() for r in self.cli(node, "CLUSTER", "NODES").splitlines()]
+                if sum(1 for r in rows if r[7] == "connected" and "fail" not in r[2]) < len(live):
+                    return False
+            for node in self.master_nodes():
+                info = self.cli(node, "INFO", "replication")
+                if info.count("state=online") < self.replicas:
+                    return False
+            # Every node's slot map lists every primary's replicas.
+            width = 2 + 3 * (1 + self.replicas)  # low, high, then host, port, id of each node
+            return all(
+                len(self.cli(n, "--raw", "CLUSTER", "SLOTS").split()) == self.masters * width
+                for n in live
+            )
+        except (subprocess.SubprocessError, OSError, IndexError):
+            return False
+
+    def role_of(self, node: RedisServer) -> str:
+        return self.cli(node, "ROLE").split("\n", 1)[0].strip()
+
+    def master_nodes(self) -> list[RedisServer]:
+        return [n for n in self.live() if self.role_of(n) == "master"]
+
+    def kill_behind_its_replica(self, primary: RedisServer, lag_s: float) -> RedisServer:
+        """kill -9 the primary after its replica was cut off for `lag_s` (stopped, and
+        its link dropped, or the kernel would go on receiving for it): what the
+        primary acknowledged meanwhile never reached the replica. Returns the
+        replica, running again."""
+        heir = self.replica_of(primary)
+        assert heir.proc is not None
+        heir.proc.send_signal(signal.SIGSTOP)
+        self.cli(primary, "CLIENT", "KILL", "TYPE", "replica")
+        time.sleep(lag_s)
+        primary.kill()
+        heir.proc.send_signal(signal.SIGCONT)
+        return heir
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        for node in self.live():
+            role = self.cli(node, "ROLE").split()
+            if role[0] == "slave" and role[2] == str(primary.port):
+                return node
+        raise LookupError(f"no replica of the node on {primary.port}")
+
+    def node_of(self, key: str) -> RedisServer:
+        """The master that owns the key's slot now."""
+        slot = int(self.cli(self.nodes[0], "CLUSTER", "KEYSLOT", key))
+        for node in self.master_nodes():
+            for row in self.cli(node, "CLUSTER", "NODES").splitlines():
+                fields = row.split()
+                if "myself" not in fields[2]:
+                    continue
+                for span in fields[8:]:
+                    low, _, high = span.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return node
+        raise LookupError(f"no master owns the slot of {key!r}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()

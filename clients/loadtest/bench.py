@@ -238,6 +238,7 @@ async def _phases(b: Bench, server: str) -> None:
         backend="redis",
         redis_url=b.redis_url,
         etcd_endpoints=b.etcd_endpoints if server == "coordination" else [],
+        server_flags=["--durability", "fast"],  # the Redis started above has no AOF
         workdir=b.workdir,
     )
     async with endpoint(plan) as ep:

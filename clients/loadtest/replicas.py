@@ -72,6 +72,8 @@ async def servers(b: Bench, shape: str) -> AsyncIterator[Replicas]:
     flags = [
         "--redis-url",
         b.redis_url,
+        "--durability",
+        "fast",  # the bench's Redis has no AOF
         "--etcd-endpoints",
         ",".join(b.etcd_endpoints),
         "--etcd-prefix",

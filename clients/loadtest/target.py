@@ -229,17 +229,19 @@ async def endpoint(
             return
         redis_url, etcd = plan.redis_url, list(plan.etcd_endpoints)
         pids: dict[str, int] = {}
+        durability: list[str] = []  # a Redis started here: the server's mode matches it
         if not redis_url and plan.backend in ("redis", "redis-etcd"):
             proc, redis_url = await start_redis(plan.workdir, durable=plan.redis_durable)
             started.append(proc)
             pids["redis"] = proc.pid
+            durability = ["--durability", "durable" if plan.redis_durable else "fast"]
         if not etcd and plan.backend == "redis-etcd":
             proc, endpoint_ = await start_etcd(plan.workdir)
             started.append(proc)
             pids["etcd"] = proc.pid
             etcd = [endpoint_]
         prefix = f"/lt-{time.time_ns() % 10**9}"
-        flags = ["--log-format", "json", *plan.server_flags]
+        flags = ["--log-format", "json", *durability, *plan.server_flags]
         if redis_url:
             flags += ["--redis-url", redis_url]
         if etcd:

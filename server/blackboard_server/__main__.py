@@ -10,6 +10,7 @@ import sys
 from blackboard_server import logs
 from blackboard_server.app import serve
 from blackboard_server.config import Settings, SettingsError
+from blackboard_server.domain.errors import BackendUnavailable
 
 
 async def _run(settings: Settings) -> None:
@@ -37,19 +38,26 @@ def main(argv: list[str] | None = None) -> int:
 
         return supervise(argv, settings)
     try:
-        if settings.uvloop:
-            try:
-                import uvloop
-            except ImportError:
-                pass
-            else:
-                uvloop.run(_run(settings))
-                return 0
-        asyncio.run(_run(settings))
-    except SettingsError as error:  # a file a setting names is missing or malformed
+        _start(settings)
+    except SettingsError as error:  # at start-up: a file a setting names, Redis's credentials
         print(f"blackboard-server: {error}", file=sys.stderr)
         return 2
+    except BackendUnavailable as error:  # at start-up: nothing to serve with
+        print(f"blackboard-server: cannot start: {error}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _start(settings: Settings) -> None:
+    if settings.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            uvloop.run(_run(settings))
+            return
+    asyncio.run(_run(settings))
 
 
 if __name__ == "__main__":

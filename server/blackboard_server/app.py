@@ -23,6 +23,8 @@ from grpc_reflection.v1alpha import reflection
 from blackboard_server.adapters.instrumented import InstrumentedCoordinator, InstrumentedStore
 from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
+from blackboard_server.adapters.redis_access import RedisAccess, redact
+from blackboard_server.adapters.redis_durability import Durability
 from blackboard_server.api import convert
 from blackboard_server.api.auth import AuthInterceptor
 from blackboard_server.api.coordination_servicer import CoordinationServicer
@@ -142,10 +144,30 @@ async def open_store(settings: Settings) -> StateStore:
     from blackboard_server.adapters.redis_store import RedisStore
 
     return await RedisStore.connect(
-        settings.redis_url,
+        redis_access(settings),
         retention=retention,
         dedupe_window_ms=window_ms,
         timeout_s=settings.redis_timeout_s,
+        durability=redis_durability(settings),
+    )
+
+
+def redis_access(settings: Settings) -> RedisAccess:
+    return RedisAccess.of(
+        settings.redis_url,
+        password_file=settings.redis_password_file,
+        tls_ca_file=settings.redis_tls_ca_file,
+        tls_cert_file=settings.redis_tls_cert_file,
+        tls_key_file=settings.redis_tls_key_file,
+    )
+
+
+def redis_durability(settings: Settings) -> Durability:
+    return Durability(
+        settings.durability,
+        settings.durability_check,
+        settings.redis_wait_replicas,
+        settings.redis_wait_timeout_ms or int(settings.redis_timeout_s * 500),
     )
 
 
@@ -188,7 +210,7 @@ async def open_health_server(
 
 def open_quotas(settings: Settings) -> QuotaBook:
     try:
-        return QuotaBook(settings.quota, settings.quotas_file)
+        return QuotaBook(settings.quota, settings.quotas_file, cluster=settings.redis_cluster)
     except QuotaFileError as exc:
         raise SettingsError(f"quotas_file: {exc}") from None
 
@@ -204,9 +226,16 @@ async def serve(
             listen=settings.listen,
         )
     else:
-        log.info("starting", listen=settings.listen, store="redis")
+        log.info(
+            "starting",
+            listen=settings.listen,
+            store="redis",
+            redis=redact(settings.redis_url),
+            durability=settings.durability,
+        )
     # Files first: a bad key or token file stops the start before anything connects.
     methods, tls = authenticators(settings), server_tls(settings)
+    quotas = open_quotas(settings)
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         metrics.changelog_retention.set(settings.retention)
@@ -219,7 +248,6 @@ async def serve(
         )
         stack.push_async_callback(store.aclose)
         clock = SystemClock()
-        quotas = open_quotas(settings)
         admission = Admission(quotas)
         # Before any task group: a backend refusing the credentials is a SettingsError
         # of its own, not one inside an exception group.

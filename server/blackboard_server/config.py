@@ -16,7 +16,7 @@ from typing import Any
 
 from blackboard_server.domain.auth import valid_tenant
 from blackboard_server.domain.limits import Limits
-from blackboard_server.domain.quota import Quota
+from blackboard_server.domain.quota import CLUSTER_QUOTAS, Quota, tenant_wide
 
 ENV_PREFIX = "BB_"
 
@@ -30,6 +30,16 @@ class Settings:
     listen: str = "127.0.0.1:50051"
     redis_url: str = ""  # empty: embedded mode (in-memory, not durable)
     redis_timeout_s: float = 5.0
+    # Redis access and durability (docs/backends.md). URLs: redis://, rediss://,
+    # unix://, redis+cluster://host:port,host:port (rediss+cluster:// with TLS).
+    redis_password_file: str = ""  # the password of the URL's user, kept out of the URL
+    redis_tls_ca_file: str = ""  # rediss:// only: the CA that signed Redis's certificate
+    redis_tls_cert_file: str = ""  # rediss:// only: a client certificate, if Redis asks
+    redis_tls_key_file: str = ""
+    durability: str = "durable"  # durable | fast: what a Redis crash may lose
+    durability_check: bool = True  # durable: refuse a Redis without AOF and appendfsync always
+    redis_wait_replicas: int = -1  # WAIT for this many replicas; -1: 1 if durable and replicated
+    redis_wait_timeout_ms: int = 0  # 0: half of redis_timeout_s
     etcd_endpoints: str = ""  # comma-separated host:port; empty: coordination in memory
     etcd_timeout_s: float = 5.0
     etcd_prefix: str = "/bb"  # every key the server writes in etcd starts with this
@@ -122,6 +132,11 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return not self.redis_url
+
+    @property
+    def redis_cluster(self) -> bool:
+        """A redis+cluster:// or rediss+cluster:// URL (adapters/redis_access.py)."""
+        return self.redis_url.partition("://")[0] in ("redis+cluster", "rediss+cluster")
 
     @property
     def etcd(self) -> list[str]:
@@ -231,7 +246,9 @@ def validated(settings: Settings) -> Settings:
     if not 0 <= int(port) <= 65535:
         raise SettingsError(f"listen: port {port} is out of range")
     _validate_deployment(settings)
+    _validate_redis(settings)
     _check_quotas(settings)
+    _check_cluster_quotas(settings)
     _check_etcd_credentials(settings)
     if settings.default_page_size > settings.max_page_size:
         raise SettingsError("default_page_size: must not exceed max_page_size")
@@ -257,6 +274,17 @@ def _validate_deployment(settings: Settings) -> None:
             raise SettingsError("health_listen: several workers share one port: give a fixed one")
 
 
+def _validate_redis(settings: Settings) -> None:
+    if settings.durability not in ("durable", "fast"):
+        raise SettingsError("durability: expected durable or fast")
+    if settings.redis_wait_replicas < -1:
+        raise SettingsError("redis_wait_replicas: expected -1 (auto), 0 or more")
+    if not 0 <= settings.redis_wait_timeout_ms < settings.redis_timeout_s * 1000:
+        raise SettingsError(
+            "redis_wait_timeout_ms: 0 (half of redis_timeout_s), or shorter than redis_timeout_s"
+        )
+
+
 def _check_etcd_credentials(settings: Settings) -> None:
     if settings.etcd_password and settings.etcd_password_file:
         raise SettingsError("etcd_password, etcd_password_file: set one, not both")
@@ -265,6 +293,12 @@ def _check_etcd_credentials(settings: Settings) -> None:
         raise SettingsError("etcd_username and a password (etcd_password_file) go together")
     if bool(settings.etcd_tls_cert_file) != bool(settings.etcd_tls_key_file):
         raise SettingsError("etcd_tls_cert_file and etcd_tls_key_file go together")
+
+
+def _check_cluster_quotas(settings: Settings) -> None:
+    names = [f"quota_{name}" for name in tenant_wide(settings.quota)]
+    if settings.redis_cluster and names:
+        raise SettingsError(f"{', '.join(names)}: {CLUSTER_QUOTAS}")
 
 
 def _check_quotas(settings: Settings) -> None:

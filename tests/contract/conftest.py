@@ -16,14 +16,17 @@ from blackboard_server.ports import StateStore
 RETENTION = 20
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         memory = MemoryStore(retention=RETENTION)
         yield memory
         await memory.aclose()
         return
-    server = request.getfixturevalue("redis_server")
+    # The same tests on one Redis and on a three-primary Redis Cluster.
+    server = request.getfixturevalue(
+        "redis_server" if request.param == "redis" else "redis_cluster"
+    )
     # Its own prefix gives each test its own expiry index: expire_due sees only this test's keys.
     async with await RedisStore.connect(
         server.url, retention=RETENTION, prefix=f"t-{uuid.uuid4().hex}", timeout_s=2.0

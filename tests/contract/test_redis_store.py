@@ -245,3 +245,25 @@ async def test_the_binding_index_holds_exactly_the_bound_entries(own_redis: Redi
             assert await admin.zrange("bind:{acme/conv-1}:e", 0, -1, withscores=True) == [
                 (b"s1", 20.0)
             ]
+
+
+@pytest.mark.parametrize("backend", ["redis_server", "redis_cluster"])
+async def test_a_store_closed_right_after_connecting_closes(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Closing while the pub/sub reader is still connecting: on Python 3.11 the
+    cancellation can land as the connection completes and be swallowed inside
+    redis-py's connect (asyncio.wait_for's race). The reader must stop anyway.
+    Each yield count moves the close to another point of the reader's start."""
+    url = request.getfixturevalue(backend).url
+    for yields in range(12):
+        store = await RedisStore.connect(url, timeout_s=2.0)
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        # Not asyncio.timeout: a swallowed cancellation would hide the hang.
+        closing = asyncio.create_task(store.aclose())
+        done, _ = await asyncio.wait({closing}, timeout=15)
+        assert closing in done, f"aclose hung after {yields} yields"
+        closing.result()
+        readers = [t for t in asyncio.all_tasks() if t.get_name().startswith("redis-pubsub")]
+        assert all(t.done() for t in readers), f"a reader outlived aclose ({yields} yields)"

@@ -2,6 +2,12 @@
 
 Each rejection is QuotaExceeded naming the quota, and leaves the conversation
 and the tenant's usage exactly as they were.
+
+The tenant-wide quotas (conversations, bytes) and the tenant's usage are kept
+on the memory store and on one Redis only: on a Redis Cluster a tenant's
+conversations lie in many slots, which no script can reach at once, and the
+server refuses those settings there (tests/unit/test_config.py,
+tests/integration/test_redis_cluster.py). Entries per conversation run on every store.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from blackboard_server.domain.quota import StoreQuota, Usage
 from blackboard_server.ports import StateStore
 from tests.contract.test_store_contract import T, everything
 
+# The stores that keep the tenant's usage: not a Redis Cluster (see above).
+TENANT_WIDE = pytest.mark.parametrize("store", ["memory", "redis"], indirect=True)
+
 
 async def commit(
     store: StateStore, ref: ConversationRef, quota: StoreQuota, *ops: Op, request_id: str = ""
@@ -41,6 +50,7 @@ async def refused(
     return caught.value
 
 
+@TENANT_WIDE
 async def test_usage_counts_keys_and_values_of_live_entries(
     store: StateStore, ref: ConversationRef
 ) -> None:
@@ -61,6 +71,7 @@ async def test_usage_counts_keys_and_values_of_live_entries(
     assert await store.usage(ref.tenant) == Usage(1, 3)
 
 
+@TENANT_WIDE
 async def test_expired_entries_free_their_bytes(store: StateStore, ref: ConversationRef) -> None:
     await commit(store, ref, StoreQuota(), Put("gone", b"1234", ttl_ms=10), Put("kept", b"1"))
     assert await store.usage(ref.tenant) == Usage(1, 8 + 5)
@@ -80,6 +91,7 @@ async def test_entries_per_conversation(store: StateStore, ref: ConversationRef)
     assert [e.key for e in (await store.read(ref, "", "", 10)).entries] == ["b", "c"]
 
 
+@TENANT_WIDE
 async def test_bytes_per_tenant_count_every_conversation(
     store: StateStore, ref: ConversationRef
 ) -> None:
@@ -112,6 +124,7 @@ async def test_a_refused_request_id_can_be_used_once_there_is_room(
     assert (await store.read(ref, "b", "", 1, exact=True)).entries[0].mod_revision == revision
 
 
+@TENANT_WIDE
 async def test_conversations_per_tenant(store: StateStore, tenant: str) -> None:
     first, second = ConversationRef(tenant, "a"), ConversationRef(tenant, "b")
     await store.create_conversation(first, {}, 0, T, max_conversations=1)

@@ -77,6 +77,7 @@ async def test_etcd_leader_kill_and_quorum_loss(
         listen="127.0.0.1:0",
         uvloop=False,
         redis_url=redis_server.url,
+        durability="fast",
         etcd_endpoints=",".join(etcd_cluster.endpoints),
         etcd_timeout_s=2.0,
         etcd_prefix=f"/bb-{uuid.uuid4().hex[:8]}",

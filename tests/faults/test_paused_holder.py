@@ -69,6 +69,7 @@ def settings(request: pytest.FixtureRequest) -> Settings:
     etcd: EtcdCluster = request.getfixturevalue("etcd")
     return embedded.replace(
         redis_url=redis.url,
+        durability="fast",
         etcd_endpoints=",".join(etcd.endpoints),
         etcd_prefix=f"/bb-{uuid.uuid4().hex[:8]}",
     )

@@ -104,6 +104,8 @@ async def test_a_slow_subscriber_is_cut_off_without_hurting_the_others(
         tmp_path / "server",
         "--redis-url",
         redis_server.url,
+        "--durability",
+        "fast",
         "--subscriber-max-lag",
         str(MAX_LAG),
         "--subscriber-batch",

@@ -41,7 +41,9 @@ def make_server(backend: str) -> ServerFactory:
     """Starts servers on the test's backend; keyword arguments override settings."""
 
     def factory(**overrides: object) -> AbstractAsyncContextManager[RunningServer]:
-        settings = Settings(listen="127.0.0.1:0", redis_url=backend, uvloop=False)
+        settings = Settings(
+            listen="127.0.0.1:0", redis_url=backend, durability="fast", uvloop=False
+        )
         return serve(settings.replace(**overrides))
 
     return factory
@@ -50,7 +52,8 @@ def make_server(backend: str) -> ServerFactory:
 @pytest.fixture
 def server_process(backend: str, tmp_path: Path) -> Iterator[ServerProcess]:
     """The server in a process of its own: client and server then use both cores."""
-    process = ServerProcess(tmp_path / "server", *(["--redis-url", backend] if backend else []))
+    flags = ["--redis-url", backend, "--durability", "fast"] if backend else []
+    process = ServerProcess(tmp_path / "server", *flags)
     process.start()
     yield process
     process.stop()

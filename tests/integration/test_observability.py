@@ -214,7 +214,7 @@ async def test_coordination_gauges_count_what_is_live(
 
 async def test_tracing_a_put_yields_an_rpc_span_with_a_child_store_span(backend: str) -> None:
     exporter = InMemorySpanExporter()
-    settings = Settings(listen="127.0.0.1:0", redis_url=backend, uvloop=False)
+    settings = Settings(listen="127.0.0.1:0", redis_url=backend, durability="fast", uvloop=False)
     async with (
         serve(settings, span_exporter=exporter) as running,
         grpc.aio.insecure_channel(running.address) as channel,

@@ -337,7 +337,9 @@ async def test_shutdown_ends_streams_resumably(make_server: Any) -> None:
 
 
 async def test_resume_across_a_server_restart_on_redis(redis_server: RedisServer) -> None:
-    settings = Settings(listen="127.0.0.1:0", redis_url=redis_server.url, uvloop=False)
+    settings = Settings(
+        listen="127.0.0.1:0", redis_url=redis_server.url, durability="fast", uvloop=False
+    )
     conv = f"restart-{uuid.uuid4().hex[:8]}"
     seen: list[int] = []
     total = 120

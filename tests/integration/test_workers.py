@@ -47,6 +47,8 @@ def workers(
         "2",
         "--redis-url",
         redis_server.url,
+        "--durability",
+        "fast",
         "--etcd-endpoints",
         ",".join(etcd.endpoints),
         "--etcd-prefix",

@@ -228,7 +228,7 @@ async def test_the_writer_rides_out_a_server_restart(tmp_path: Path, redis_serve
     """Writes sent while the server is down are sent again when it is back: none lost,
     none applied twice."""
     port = free_port()
-    args = ("--redis-url", redis_server.url)
+    args = ("--redis-url", redis_server.url, "--durability", "fast")
     process = ServerProcess(tmp_path / "a", *args)
     process.port = port
     process.start()
@@ -258,7 +258,7 @@ async def test_writes_in_flight_at_a_graceful_stop_are_applied_once(
     the stream UNAVAILABLE) and a new one starts on the same port: every write is
     acknowledged, and the head revision shows none was applied twice."""
     port = free_port()
-    args = ("--redis-url", redis_server.url, "--shutdown-grace-s", "5")
+    args = ("--redis-url", redis_server.url, "--durability", "fast", "--shutdown-grace-s", "5")
     first = ServerProcess(tmp_path / "a", *args)
     first.port = port
     first.start()
@@ -379,6 +379,7 @@ async def test_each_write_is_authorized_for_its_own_conversation(
         listen="127.0.0.1:0",
         uvloop=False,
         redis_url=backend,
+        durability="fast",
         auth="tokens",
         auth_tokens_file=str(tokens.path),
     ).replace()

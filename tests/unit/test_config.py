@@ -201,6 +201,21 @@ def test_quotas_must_not_be_negative() -> None:
         Settings().replace(quota_requests_per_second=float("inf"))
 
 
+@pytest.mark.parametrize("scheme", ["redis+cluster", "rediss+cluster"])
+def test_a_cluster_refuses_tenant_wide_quotas(scheme: str) -> None:
+    cluster = Settings().replace(redis_url=f"{scheme}://127.0.0.1:7000,127.0.0.1:7001")
+    for name in ("quota_conversations", "quota_bytes"):
+        with pytest.raises(SettingsError, match=f"^{name}: not supported on a Redis Cluster"):
+            cluster.replace(**{name: 10})
+    both = dict(quota_conversations=1, quota_bytes=1)
+    with pytest.raises(SettingsError, match=r"^quota_conversations, quota_bytes: .*\(docs/quotas"):
+        cluster.replace(**both)
+    # What a cluster keeps exactly, and every tenant-wide quota on one Redis, stay allowed.
+    assert cluster.replace(quota_entries_per_conversation=5).quota.entries_per_conversation == 5
+    single = Settings().replace(redis_url="redis://127.0.0.1:7000", **both)
+    assert (single.quota.conversations, single.quota.bytes) == (1, 1)
+
+
 def test_every_field_has_a_flag_and_a_variable() -> None:
     # A value that passes validation for each field, spelled as a string.
     samples = {"bool": "false", "int": "77", "float": "0.5", "str": "info-x"}
@@ -214,6 +229,7 @@ def test_every_field_has_a_flag_and_a_variable() -> None:
         "max_request_bytes": str(8 << 20),
         "max_session_ttl_ms": str(600_000),  # must stay above session_ttl_ms's default
         "health_listen": "127.0.0.1:9",
+        "durability": "fast",
         "tls_client_auth": "require",
         "auth": "tokens",
     }

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from blackboard_server.domain.errors import QuotaExceeded, RateLimited
 from blackboard_server.domain.quota import Quota, TokenBucket
@@ -125,6 +126,26 @@ def test_the_file_is_reloaded_when_it_changes(tmp_path: Path) -> None:
     path.unlink()
     clock.now += 1.0
     assert book.of("a").conversations == 2
+
+
+def test_a_cluster_refuses_a_file_with_tenant_wide_quotas(tmp_path: Path) -> None:
+    path = tmp_path / "quotas.toml"
+    path.write_text("[tenants.a]\nconversations = 3\n[tenants.b]\nbytes = 9\nsessions = 1\n")
+    with pytest.raises(QuotaFileError, match=r"tenants\.a\.conversations, tenants\.b\.bytes: not"):
+        QuotaBook(Quota(), str(path), cluster=True)
+    assert QuotaBook(Quota(), str(path)).of("b").bytes == 9  # one Redis keeps them
+    # On reload such a file is refused too, and the last good quotas kept.
+    path.write_text("[tenants.a]\nentries_per_conversation = 4\nconversations = 0\n")
+    clock = Clock()
+    book = QuotaBook(Quota(), str(path), check_interval_s=1.0, clock=clock, cluster=True)
+    assert book.of("a") == Quota(entries_per_conversation=4)
+    path.write_text("[tenants.a]\nentries_per_conversation = 5\nbytes = 100\n")
+    os.utime(path, ns=(1, 1))
+    clock.now += 1.0
+    with structlog.testing.capture_logs() as logs:
+        assert book.of("a") == Quota(entries_per_conversation=4)
+    assert [e["log_level"] for e in logs] == ["error"]
+    assert "tenants.a.bytes: not supported on a Redis Cluster" in logs[0]["error"]
 
 
 def test_an_unreadable_file_is_an_error_at_start(tmp_path: Path) -> None:

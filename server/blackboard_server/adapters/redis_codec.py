@@ -14,6 +14,9 @@ All keys of a conversation share the hash tag `{tenant/id}`:
     <prefix>:{tenant/id}:e   zset   session ids whose end was recorded, by when
     <prefix>:{tenant/id}:g   hash   subject -> granted role (1 reader, 2 writer, 3 admin)
     <prefix>:{tenant/id}:n   pub/sub channel: the encoded event, or empty
+    <prefix>:{tenant/id}:u   hash   conversations, bytes: the usage the scripts keep on a
+                                    Redis Cluster in place of the tenant's (below)
+    <prefix>:usage:{tenant}          hash  the tenant's conversations and bytes (one Redis)
     <prefix>:conversations:<tenant>  zset  conversation ids of a tenant
     <prefix>:ttl                     zset  `tenant/id` by its earliest entry expiry
 
@@ -94,6 +97,7 @@ class Keys:
     channel: bytes
     all: tuple[str, ...]  # the commit and conversation scripts' keys
     usage: str  # the tenant's conversations and bytes (domain/quota.py)
+    own_usage: str  # the conversation's own, in its slot: used in place of usage on a cluster
 
     @classmethod
     def of(cls, prefix: str, ref: ConversationRef) -> Keys:
@@ -102,7 +106,7 @@ class Keys:
         suffixes = ("m", "d", "k", "l", "i", "j", "x", "f", "b", "e", "g")
         every = tuple(f"{base}:{s}" for s in suffixes)
         usage = usage_key(prefix, ref.tenant)
-        return cls(tag, f"{base}:m", f"{base}:n".encode(), every, usage)
+        return cls(tag, f"{base}:m", f"{base}:n".encode(), every, usage, f"{base}:u")
 
     @staticmethod
     def ref_of(tag: bytes | str) -> ConversationRef:

@@ -27,7 +27,7 @@ import math
 import ssl
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -64,7 +64,7 @@ class Endpoint:
     path: str = ""  # a unix socket, instead of host and port
     db: int = 0
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: ssl.SSLContext | None = None
 
     @classmethod
@@ -99,16 +99,35 @@ class Endpoint:
 
 
 class ScriptPipe:
-    """Script calls over one connection, opened on first use and after a loss."""
+    """Script calls over one connection, opened on first use and after a loss.
 
-    def __init__(self, endpoint: Endpoint, *, timeout_s: float) -> None:
+    With `replicas` > 0 a call returns only once that many replicas confirm
+    its effects (WAIT, one for every call whose reply came in the same loop
+    iteration). A call they do not confirm within `wait_timeout_ms` raises
+    BackendUnavailable with outcome "unknown": it ran on the primary, and may
+    or may not survive a failover.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        timeout_s: float,
+        replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> None:
         self._endpoint = endpoint
         self._timeout_s = timeout_s
+        self._replicas = replicas
+        self._wait_timeout_ms = wait_timeout_ms
         self._conn: _Connection | None = None
         self._connecting = asyncio.Lock()
         self._closed = False
 
-    async def evalsha(self, script: Script, keys: Sequence[str], *args: Arg) -> Any:
+    async def evalsha(
+        self, script: Script, keys: Sequence[str], *args: Arg, asking: bool = False
+    ) -> Any:
+        """`asking`: send ASKING first, as a cluster's ASK redirection requires."""
         conn = self._conn
         if conn is None or conn.lost:
             deadline = asyncio.get_running_loop().time() + self._timeout_s
@@ -117,11 +136,32 @@ class ScriptPipe:
             deadline = conn.loop.time() + self._timeout_s
         command = _pack((b"EVALSHA", script.sha, len(keys), *keys, *args))
         try:
-            return await conn.send(command, deadline)
+            reply = await (
+                _asking(conn, command, deadline) if asking else conn.send(command, deadline)
+            )
         except NoScriptError:
-            pass
-        await conn.send(_pack((b"SCRIPT", b"LOAD", script.source)), deadline)
-        return await conn.send(command, deadline)
+            await conn.send(_pack((b"SCRIPT", b"LOAD", script.source)), deadline)
+            reply = await (
+                _asking(conn, command, deadline) if asking else conn.send(command, deadline)
+            )
+        if self._replicas:
+            await self._replicated(conn, deadline)
+        return reply
+
+    async def _replicated(self, conn: _Connection, deadline: float) -> None:
+        wanted, timeout_ms = self._replicas, self._wait_timeout_ms
+        try:
+            confirmed = await conn.wait_replicas(wanted, timeout_ms, deadline)
+        except BackendUnavailable as exc:
+            detail = "the connection was lost before replicas confirmed the write"
+            raise BackendUnavailable("redis", detail, outcome_unknown=True) from exc
+        if confirmed < wanted:
+            raise BackendUnavailable(
+                "redis",
+                f"the write was confirmed by {confirmed} of {wanted} replicas within "
+                f"{timeout_ms} ms; it may or may not survive a failover",
+                outcome_unknown=True,
+            )
 
     async def __aenter__(self) -> ScriptPipe:
         return self
@@ -190,6 +230,7 @@ class _Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
+        self._wait: asyncio.Future[Any] | None = None  # a WAIT queued, not yet written
 
     def send(self, command: bytes, deadline: float) -> asyncio.Future[Any]:
         future = self.loop.create_future()
@@ -203,6 +244,16 @@ class _Connection(asyncio.Protocol):
         if deadline < self._timer_at:
             self._arm(deadline)
         return future
+
+    def wait_replicas(self, replicas: int, timeout_ms: int, deadline: float) -> asyncio.Future[Any]:
+        """WAIT for every call sent so far: one WAIT is shared until it is written.
+
+        Redis runs a connection's commands in order, so a WAIT written after a
+        call's command covers that call's writes.
+        """
+        if self._wait is None:
+            self._wait = self.send(_pack((b"WAIT", replicas, timeout_ms)), deadline)
+        return self._wait
 
     def drop(self, reason: str) -> None:
         """Closes the connection and fails every call waiting on it."""
@@ -255,6 +306,7 @@ class _Connection(asyncio.Protocol):
         if self._out and self._transport is not None:
             self._transport.write(b"".join(self._out))  # type: ignore[attr-defined]
         self._out.clear()
+        self._wait = None
 
     def _arm(self, at: float) -> None:
         if self._timer is not None:
@@ -272,6 +324,14 @@ class _Connection(asyncio.Protocol):
             self.drop(f"no reply within {self._timeout_s}s")
         else:
             self._arm(first)
+
+
+async def _asking(conn: _Connection, command: bytes, deadline: float) -> Any:
+    """ASKING and the command, written together: ASKING holds for the next command only."""
+    _, reply = await asyncio.gather(
+        conn.send(_pack((b"ASKING",)), deadline), conn.send(command, deadline)
+    )
+    return reply
 
 
 def _pack(command: tuple[Arg, ...]) -> bytes:

@@ -2,15 +2,16 @@
 
 Every write is one Lua script (adapters/lua/commit.lua, a port of
 domain/commit.py::plan), so checks, revision bump, apply, log append, trim,
-idempotency record and PUBLISH happen as one atomic step. All keys of a
+idempotency record and (S)PUBLISH happen as one atomic step. All keys of a
 conversation share one hash tag, so the scripts run unchanged on Redis
 Cluster; the key layout is in redis_codec.py. Commits go through one
 pipelined connection (redis_pipe.py); everything else through redis-py.
 
-Notifications ride on one pub/sub connection owned by a reader task, started
-by `connect` and stopped by `aclose`. They only wake readers: the log is the
-truth, so after any (re)subscription the listener gets None for the
-conversation and reads the log.
+On a Redis Cluster (a redis+cluster:// URL) the same scripts run on the
+primary owning the conversation's slot (redis_cluster.py). Notifications
+(redis_notify.py) use plain pub/sub on one Redis and sharded pub/sub on a
+cluster. They only wake readers: the log is the truth, so after any
+(re)subscription the listener gets None for the conversation and reads the log.
 """
 
 from __future__ import annotations
@@ -24,16 +25,19 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
 from blackboard_server.adapters import redis_codec as codec
 from blackboard_server.adapters.memory import EXPIRY_AGENT
-from blackboard_server.adapters.redis_pipe import Endpoint, Script, ScriptPipe
+from blackboard_server.adapters.redis_access import RedisAccess
+from blackboard_server.adapters.redis_cluster import ClusterPipe
+from blackboard_server.adapters.redis_connect import open_redis, raise_if_transient
+from blackboard_server.adapters.redis_durability import Durability
+from blackboard_server.adapters.redis_notify import Notifications
+from blackboard_server.adapters.redis_pipe import Arg, Script, ScriptPipe
 from blackboard_server.domain import quota as quotas
 from blackboard_server.domain.errors import (
     BackendUnavailable,
@@ -59,69 +63,74 @@ log = structlog.get_logger("blackboard.redis")
 
 # Larger events are announced with an empty payload; listeners read the log.
 MAX_NOTIFY_PAYLOAD = 64 * 1024
-# Redis replies that mean "not now" rather than "wrong": the caller may retry.
-_TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
 _LUA = Path(__file__).with_name("lua")
 _KEYS_CACHED = 4096  # conversations whose key names are kept, not rebuilt per call
+_FAST = Durability()
 
 
 class RedisStore:
     def __init__(
-        self, client: Redis, *, retention: int, dedupe_window_ms: int, prefix: str, timeout_s: float
+        self,
+        client: Redis | RedisCluster,
+        pipe: ScriptPipe | ClusterPipe,
+        notifications: Notifications,
+        *,
+        retention: int,
+        dedupe_window_ms: int,
+        prefix: str,
+        timeout_s: float,
     ) -> None:
         self._client = client
+        self._pipe = pipe
+        self._notifications = notifications
         self._retention = retention
         self._dedupe_window_ms = dedupe_window_ms
         self._prefix = prefix
         self._timeout_s = timeout_s
+        # Notifications on a cluster are sharded: SPUBLISH reaches only the channel's shard.
+        self._cluster = isinstance(client, RedisCluster)
+        self._publish = "SPUBLISH" if self._cluster else "PUBLISH"
         self._ttl_index = f"{prefix}:ttl"
         self._known_keys: dict[ConversationRef, codec.Keys] = {}
+        # Reads go through redis-py; every write through the pipe, which
+        # waits for replicas when durability asks it to.
         self._scripts = {
             name: client.register_script(_source(name))
-            for name in ("conversation", "read", "events", "expire")
+            for name in ("read", "events", "conversation")  # conversation: reading grants
         }
-        self._commit_script = Script.of("commit", _source("commit"))
-        self._pipe = ScriptPipe(Endpoint.of(client.connection_pool), timeout_s=timeout_s)
-        self._listeners: list[Listener] = []
-        self._watched: dict[bytes, ConversationRef] = {}
-        self._subscribed: dict[bytes, asyncio.Event] = {}
-        self._pubsub: AbstractConnection | None = None
-        self._send_lock = asyncio.Lock()
-        self._reader: asyncio.Task[None] | None = None
+        self._writes = {
+            name: Script.of(name, _source(name))
+            for name in ("commit", "conversation", "expire", "index")
+        }
+        self._commit_script = self._writes["commit"]
 
     @classmethod
     async def connect(
         cls,
-        url: str,
+        url: str | RedisAccess,
         *,
         retention: int = 10_000,
         dedupe_window_ms: int = 86_400_000,
         prefix: str = "bb",
         timeout_s: float = 5.0,
+        durability: Durability = _FAST,
     ) -> RedisStore:
-        # No retries inside redis-py: a retried script that did run would
-        # write twice. Callers retry, with a request id.
-        client = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        store = cls(
+        """Connects to one Redis or a cluster (redis_access.py lists the URLs).
+
+        Raises BackendUnavailable when Redis cannot be reached, SettingsError
+        when it refuses the credentials or is not configured for `durability`.
+        """
+        access = url if isinstance(url, RedisAccess) else RedisAccess.of(url)
+        client, pipe, notifications = await open_redis(access, durability, timeout_s)
+        return cls(
             client,
+            pipe,
+            notifications,
             retention=retention,
             dedupe_window_ms=dedupe_window_ms,
             prefix=prefix,
             timeout_s=timeout_s,
         )
-        try:
-            async with store._guard():
-                await client.ping()
-        except BackendUnavailable:
-            await client.aclose()
-            raise
-        store._reader = asyncio.create_task(store._read_notifications(), name="redis-pubsub")
-        return store
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -130,11 +139,7 @@ class RedisStore:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+        await self._notifications.aclose()
         await self._pipe.aclose()
         await self._client.aclose()
 
@@ -147,11 +152,23 @@ class RedisStore:
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             # The pool's other idle connections were very likely cut by the same
             # outage: drop them, so one failed call per outage, not one per connection.
-            await self._client.connection_pool.disconnect(inuse_connections=False)
+            # (A cluster client drops a failed node's connections itself.)
+            if isinstance(self._client, Redis):
+                await self._client.connection_pool.disconnect(inuse_connections=False)
+            raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
+        except RedisClusterException as exc:  # no node owns a slot: the cluster is failing over
             raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
         except ResponseError as exc:
-            _raise_if_transient(exc)
+            raise_if_transient(exc)
             raise
+        except RedisError as exc:  # e.g. a cluster's redirections that never settled
+            raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
+
+    async def _write(self, script: str, keys: Sequence[str], *args: Arg) -> Any:
+        return await self._pipe.evalsha(self._writes[script], keys, *args)
+
+    async def _index(self, op: str, index: str, member: str) -> None:
+        await self._write("index", [index], op, member)
 
     async def _run(self, script: str, keys: Sequence[str], *args: object) -> Any:
         # AsyncScript re-loads the script when Redis answers NOSCRIPT (after a restart).
@@ -184,10 +201,10 @@ class RedisStore:
         async with self._guard():
             # Indexed before it exists: a crash in between leaves an id that
             # listing skips, never a conversation that listing misses.
-            await self._client.zadd(index, {ref.id: 0})
-            created = await self._run(
+            await self._index("add", index, ref.id)
+            created = await self._write(
                 "conversation",
-                (*keys.all, keys.usage),
+                (*keys.all, self._usage(keys)),
                 "create",
                 now_ms,
                 idle_ttl_ms,
@@ -198,7 +215,7 @@ class RedisStore:
                 await self._unindex(index, keys, ref)
             elif created:
                 # A delete of the same id racing this create may have removed it.
-                await self._client.zadd(index, {ref.id: 0})
+                await self._index("add", index, ref.id)
         if created == -1:
             usage = await self.usage(ref.tenant)
             raise QuotaExceeded("conversations", max_conversations, usage.conversations + 1)
@@ -207,12 +224,18 @@ class RedisStore:
         return Conversation(ref, dict(metadata), now_ms, now_ms, idle_ttl_ms, 0, 0)
 
     async def _unindex(self, index: str, keys: codec.Keys, ref: ConversationRef) -> None:
-        await self._client.zrem(index, ref.id)
+        await self._index("remove", index, ref.id)
         # A create of the same id racing this must stay listed.
         if await self._client.exists(keys.meta):
-            await self._client.zadd(index, {ref.id: 0})
+            await self._index("add", index, ref.id)
+
+    def _usage(self, keys: codec.Keys) -> str:
+        """The usage hash the scripts keep: the tenant's on one Redis; on a cluster
+        the conversation's own, as the tenant's lies in another slot."""
+        return keys.own_usage if self._cluster else keys.usage
 
     async def usage(self, tenant: str) -> quotas.Usage:
+        """On a cluster tenants' usage is not kept (docs/quotas.md): zeros."""
         async with self._guard():
             conversations, size = await self._client.hmget(
                 codec.usage_key(self._prefix, tenant), ["conversations", "bytes"]
@@ -256,8 +279,12 @@ class RedisStore:
     async def delete_conversation(self, ref: ConversationRef) -> None:
         keys, index = self._keys(ref), self._tenant_index(ref.tenant)
         async with self._guard():
-            deleted = await self._run(
-                "conversation", (*keys.all, keys.usage), "delete", keys.channel
+            deleted = await self._write(
+                "conversation",
+                (*keys.all, self._usage(keys)),
+                "delete",
+                keys.channel,
+                self._publish,
             )
             if deleted:
                 await self._unindex(index, keys, ref)
@@ -274,7 +301,7 @@ class RedisStore:
 
     async def set_grant(self, ref: ConversationRef, subject: str, role: int) -> bool:
         async with self._guard():
-            had = await self._run("conversation", self._keys(ref).all, "grant", subject, role)
+            had = await self._write("conversation", self._keys(ref).all, "grant", subject, role)
         if had < 0:
             raise ConversationNotFound(ref.id)
         return bool(had)
@@ -295,7 +322,7 @@ class RedisStore:
             # No guard: the pipe bounds every call by the timeout itself.
             reply = await self._pipe.evalsha(
                 self._commit_script,
-                (*keys.all, keys.usage),
+                (*keys.all, self._usage(keys)),
                 codec.pack_batch(batch),
                 fingerprint,
                 now_ms,
@@ -303,11 +330,12 @@ class RedisStore:
                 self._dedupe_window_ms,
                 keys.channel,
                 MAX_NOTIFY_PAYLOAD,
+                self._publish,
                 quota.entries_per_conversation,
                 quota.bytes,
             )
         except ResponseError as exc:
-            _raise_if_transient(exc)
+            raise_if_transient(exc)
             raise
         status = reply[0]
         if status == b"OK" and reply[3] >= 0:
@@ -355,15 +383,16 @@ class RedisStore:
         keys = self._keys(codec.Keys.ref_of(member))
         async with self._guard():
             await self._client.zrem(self._ttl_index, member)
-            deleted, following = await self._run(
+            deleted, following = await self._write(
                 "expire",
-                (*keys.named("m", "d", "k", "l", "x", "b"), keys.usage),
+                (*keys.named("m", "d", "k", "l", "x", "b"), self._usage(keys)),
                 now_ms,
                 limit,
                 self._retention,
                 keys.channel,
                 MAX_NOTIFY_PAYLOAD,
                 EXPIRY_AGENT,
+                self._publish,
             )
             if following >= 0:
                 await self._client.zadd(self._ttl_index, {member: following}, lt=True)
@@ -411,7 +440,7 @@ class RedisStore:
     # --- notifications --------------------------------------------------------
 
     def listen(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        self._notifications.book.listeners.append(listener)
 
     async def watch(self, ref: ConversationRef) -> None:
         """Returns once Redis confirms the subscription.
@@ -419,109 +448,11 @@ class RedisStore:
         Every confirmation, including those after a reconnect, also calls the
         listener with None: events committed before it were not announced.
         """
-        channel = self._keys(ref).channel
-        if channel not in self._watched:
-            self._watched[channel] = ref
-            self._subscribed[channel] = asyncio.Event()
-        subscribed = self._subscribed[channel]
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._send_for(channel, "SUBSCRIBE")
-                await subscribed.wait()
-        except TimeoutError:
-            await self.unwatch(ref)
-            raise BackendUnavailable("redis", f"no subscription to {ref}") from None
+        await self._notifications.watch(ref, self._keys(ref).channel)
 
     async def unwatch(self, ref: ConversationRef) -> None:
         """Local bookkeeping first: it never fails, even with Redis down."""
-        channel = self._keys(ref).channel
-        if self._watched.pop(channel, None) is not None:
-            del self._subscribed[channel]
-            await self._send_for(channel, "UNSUBSCRIBE")
-
-    async def _send_for(self, channel: bytes, command: str) -> None:
-        """Sends (UN)SUBSCRIBE unless the channel's watch changed meanwhile."""
-        async with self._send_lock:
-            if (channel in self._watched) != (command == "SUBSCRIBE"):
-                return
-            conn = self._pubsub
-            if conn is not None and conn.is_connected:
-                # A failed send breaks the connection; the reader reconnects and resubscribes.
-                with contextlib.suppress(RedisError, OSError):
-                    await conn.send_command(command, channel)
-
-    async def _read_notifications(self) -> None:
-        """Owns the pub/sub connection: connects, subscribes, reads, reconnects."""
-        delay = 0.05
-        while True:
-            conn = self._client.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-            try:
-                await conn.connect()
-                async with self._send_lock:
-                    self._pubsub = conn
-                    if self._watched:
-                        await conn.send_command("SUBSCRIBE", *self._watched)
-                delay = 0.05
-                await self._read_messages(conn)
-            except (RedisError, OSError) as exc:
-                # Once per outage, not once per attempt to reconnect.
-                if self._pubsub is not None:
-                    log.warning("redis pub/sub connection lost", error=str(exc))
-            except Exception:
-                log.exception("redis pub/sub reader failed; reconnecting")
-            finally:
-                self._pubsub = None
-                for subscribed in self._subscribed.values():
-                    subscribed.clear()
-                await conn.disconnect(nowait=True)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-    async def _read_messages(self, conn: AbstractConnection) -> None:
-        # An idle connection is probed with PING: a silent Redis is a lost one.
-        unanswered = False
-        while True:
-            # push_request: over RESP3 (redis-py's default) messages arrive as pushes.
-            message = await conn.read_response(timeout=self._timeout_s / 2, push_request=True)
-            if message is None:
-                if unanswered:
-                    raise RedisTimeoutError("pub/sub connection stopped answering")
-                async with self._send_lock:
-                    await conn.send_command("PING")
-                unanswered = True
-                continue
-            unanswered = False
-            if isinstance(message, list) and len(message) == 3:
-                await self._dispatch(*message)
-
-    async def _dispatch(self, kind: bytes, channel: bytes, payload: Any) -> None:
-        ref = self._watched.get(channel)
-        if kind == b"message" and ref is not None:
-            self._notify(ref, codec.event_or_none(payload))
-        elif kind == b"subscribe":
-            if ref is None:  # unwatched while the SUBSCRIBE was in flight
-                await self._send_for(channel, "UNSUBSCRIBE")
-                return
-            self._subscribed[channel].set()
-            self._notify(ref, None)
-
-    def _notify(self, ref: ConversationRef, event: Event | None) -> None:
-        for listener in self._listeners:
-            try:
-                listener(ref, event)
-            except Exception:
-                log.exception("store listener failed", conversation=str(ref))
-
-
-def _raise_if_transient(exc: ResponseError) -> None:
-    # redis-py takes the code (OOM, TRYAGAIN, ...) off the message of the errors
-    # it has a class for and keeps it as status_code; the pipe keeps both.
-    if (
-        isinstance(exc, ReadOnlyError)
-        or exc.status_code in _TRANSIENT
-        or str(exc).startswith(_TRANSIENT)
-    ):
-        raise BackendUnavailable("redis", str(exc)) from exc
+        await self._notifications.unwatch(self._keys(ref).channel)
 
 
 def _source(name: str) -> str:

@@ -239,8 +239,11 @@ class WaitExpired(BlackboardError):
 class BackendUnavailable(BlackboardError):
     reason = "BACKEND_UNAVAILABLE"
 
-    def __init__(self, backend: str, detail: str = "") -> None:
-        super().__init__(f"{backend} is unavailable{': ' + detail if detail else ''}")
+    def __init__(self, backend: str, detail: str = "", *, outcome_unknown: bool = False) -> None:
+        # outcome "unknown": a write may have happened (and may survive); retry it
+        # with the same request id to learn its result.
+        outcome = {"outcome": "unknown"} if outcome_unknown else {}
+        super().__init__(f"{backend} is unavailable{': ' + detail if detail else ''}", **outcome)
 
 
 class ShuttingDown(BlackboardError):

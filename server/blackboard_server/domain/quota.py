@@ -17,6 +17,14 @@ from dataclasses import dataclass
 from blackboard_server.domain.errors import QuotaExceeded, RateLimited
 from blackboard_server.domain.model import Change, Entry
 
+# Counted over all of a tenant's conversations. A Redis Cluster cannot keep these:
+# a tenant's conversations lie in many slots, and a script reaches one (docs/quotas.md).
+TENANT_WIDE = ("conversations", "bytes")
+CLUSTER_QUOTAS = (
+    "not supported on a Redis Cluster (a tenant's conversations span slots); "
+    "use quota_entries_per_conversation (docs/quotas.md)"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Quota:
@@ -47,6 +55,11 @@ class StoreQuota:
 
 
 UNLIMITED = StoreQuota()
+
+
+def tenant_wide(quota: Quota) -> list[str]:
+    """The TENANT_WIDE quotas `quota` sets (not 0)."""
+    return [name for name in TENANT_WIDE if getattr(quota, name)]
 
 
 @dataclass(slots=True)

@@ -31,7 +31,14 @@ from typing import Any, TypeVar
 
 import structlog
 
-from blackboard_server.domain.quota import Quota, TokenBucket, burst_of, check_count
+from blackboard_server.domain.quota import (
+    CLUSTER_QUOTAS,
+    Quota,
+    TokenBucket,
+    burst_of,
+    check_count,
+    tenant_wide,
+)
 
 log = structlog.get_logger("blackboard.quotas")
 K = TypeVar("K")
@@ -73,6 +80,12 @@ def _quota(tenant: str, table: Any, default: Quota) -> Quota:
     return dataclasses.replace(default, **values)
 
 
+def _refuse_tenant_wide(tenants: dict[str, Quota]) -> None:
+    names = [f"tenants.{t}.{name}" for t, quota in tenants.items() for name in tenant_wide(quota)]
+    if names:
+        raise QuotaFileError(f"{', '.join(names)}: {CLUSTER_QUOTAS}")
+
+
 class QuotaBook:
     def __init__(
         self,
@@ -81,8 +94,12 @@ class QuotaBook:
         *,
         check_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        cluster: bool = False,
     ) -> None:
+        """`cluster`: the store is a Redis Cluster, which keeps no tenant-wide quota; a
+        file setting one is refused at start and not reloaded."""
         self.default = default
+        self._cluster = cluster
         self._path = Path(path) if path else None
         self._interval = check_interval_s
         self._clock = clock
@@ -113,9 +130,12 @@ class QuotaBook:
         if stamp == self._stamp:
             return
         try:
-            self._tenants = parse_quotas(path.read_text(), self.default)
+            tenants = parse_quotas(path.read_text(), self.default)
+            if self._cluster:
+                _refuse_tenant_wide(tenants)
         except QuotaFileError as exc:
             raise QuotaFileError(f"{path}: {exc}") from None
+        self._tenants = tenants
         self._stamp = stamp
         log.info("quotas loaded", path=str(path), tenants=len(self._tenants))
 

@@ -2,9 +2,11 @@
 -- bookkeeping of MemoryStore.commit.
 --
 -- KEYS: meta data index log replies reply_expiry ttl fences bindings ended (the rest
---       of Keys.all), and last the tenant's usage hash
--- ARGV: batch fingerprint now_ms retention dedupe_window_ms channel max_payload
---       max_entries max_bytes (quotas; 0 is unlimited)
+--       of Keys.all), and last the usage hash: the tenant's on one Redis, the
+--       conversation's own on a cluster (redis_store.py)
+-- ARGV: batch fingerprint now_ms retention dedupe_window_ms channel max_payload publish
+--       max_entries max_bytes
+--   (publish: PUBLISH, or SPUBLISH on a cluster; quotas: 0 is unlimited)
 local meta, data, index, log, replies, reply_expiry, ttl, fences, bindings, ended =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local usage = KEYS[#KEYS]
@@ -15,8 +17,9 @@ local retention = tonumber(ARGV[4])
 local dedupe_window = tonumber(ARGV[5])
 local channel = ARGV[6]
 local max_payload = tonumber(ARGV[7])
-local max_entries = tonumber(ARGV[8])
-local max_bytes = tonumber(ARGV[9])
+local publish = ARGV[8]
+local max_entries = tonumber(ARGV[9])
+local max_bytes = tonumber(ARGV[10])
 
 local head = redis.call('HGET', meta, 'rev')
 if not head then
@@ -34,13 +37,16 @@ end
 
 local request_id = batch[4]
 if request_id ~= '' then
-  local record = redis.call('HGET', replies, request_id)
-  if record then
-    record = cmsgpack.unpack(record)
+  local raw = redis.call('HGET', replies, request_id)
+  if raw then
+    local record = cmsgpack.unpack(raw)
     if record[3] > now then
       if record[1] ~= fingerprint then
         return {'REUSED'}
       end
+      -- Written again, unchanged: a WAIT after this call then also covers the
+      -- first attempt's write, whichever connection made it.
+      redis.call('HSET', replies, request_id, raw)
       -- A retry re-announces the earliest expiry in case the first attempt's
       -- index update never happened.
       return {'OK', record[2], 1, next_expiry(ttl)}
@@ -236,7 +242,7 @@ if request_id ~= '' then
   redis.call('HSET', replies, request_id, cmsgpack.pack({fingerprint, result, expires}))
   redis.call('ZADD', reply_expiry, num(expires), request_id)
 end
-append_event(meta, log, revision, now, event, retention, channel, max_payload)
+append_event(meta, log, revision, now, event, retention, channel, max_payload, publish)
 local earliest = -1
 if has_ttl then
   earliest = next_expiry(ttl)

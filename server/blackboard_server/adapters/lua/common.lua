@@ -119,7 +119,8 @@ end
 
 -- The log is a stream with IDs `<revision>-0`: XADD refuses an ID that does not
 -- grow, so a revision can never be logged twice or out of order.
-local function append_event(meta, log, revision, now, event, retention, channel, max_payload)
+local function append_event(meta, log, revision, now, event, retention, channel, max_payload,
+    publish)
   redis.call('XADD', log, num(revision) .. '-0', 'e', event)
   local compact = tonumber(redis.call('HGET', meta, 'compact'))
   if revision - retention > compact then
@@ -129,9 +130,9 @@ local function append_event(meta, log, revision, now, event, retention, channel,
   redis.call('HSET', meta, 'rev', num(revision), 'compact', num(compact), 'utime', num(now))
   -- An empty payload still wakes listeners; they read large events from the log.
   if #event <= max_payload then
-    redis.call('PUBLISH', channel, event)
+    redis.call(publish, channel, event)
   else
-    redis.call('PUBLISH', channel, '')
+    redis.call(publish, channel, '')
   end
 end
 

@@ -2,9 +2,10 @@
 -- reads or sets its grants, checking that it exists in the same step.
 --
 -- KEYS: every key of the conversation (redis_codec.Keys.all; the grants hash is KEYS[11]),
---       then, for create and delete, the tenant's usage hash
+--       then, for create and delete, the usage hash: the tenant's on one Redis, the
+--       conversation's own (deleted with it) on a cluster
 -- create ARGV: 'create' now_ms idle_ttl_ms metadata max_conversations (0: unlimited)
--- delete ARGV: 'delete' channel
+-- delete ARGV: 'delete' channel publish (PUBLISH, or SPUBLISH on a cluster)
 -- Returns 1, 0 when the conversation already exists (create) or is missing
 -- (delete), or -1 when the tenant has max_conversations already.
 -- grants ARGV: 'grants'                 -> false if missing, else {subject, role, ...}
@@ -44,13 +45,18 @@ end
 if redis.call('EXISTS', meta) == 0 then
   return 0
 end
-redis.call('HINCRBY', usage, 'conversations', -1)
-local size = tonumber(redis.call('HGET', meta, 'bytes') or '0')
-if size ~= 0 then
-  redis.call('HINCRBY', usage, 'bytes', num(-size))
+-- The conversation's own usage hash shares its key stem (`...:m`, `...:u`): it goes with it.
+if string.sub(usage, 1, #meta - 1) == string.sub(meta, 1, #meta - 1) then
+  -- UNLINK frees large hashes and logs off the main thread.
+  redis.call('UNLINK', unpack(KEYS))
+else
+  redis.call('HINCRBY', usage, 'conversations', -1)
+  local size = tonumber(redis.call('HGET', meta, 'bytes') or '0')
+  if size ~= 0 then
+    redis.call('HINCRBY', usage, 'bytes', num(-size))
+  end
+  redis.call('UNLINK', unpack(KEYS, 1, #KEYS - 1))
 end
--- UNLINK frees large hashes and logs off the main thread.
-redis.call('UNLINK', unpack(KEYS, 1, #KEYS - 1))
 -- An empty payload tells watchers to look again; they will find the conversation gone.
-redis.call('PUBLISH', ARGV[2], '')
+redis.call(ARGV[3], ARGV[2], '')
 return 1

@@ -1,8 +1,9 @@
 -- Deletes the due entries of one conversation as one event, as
 -- MemoryStore.expire_due does per conversation.
 --
--- KEYS: meta data index log ttl bindings usage
--- ARGV: now_ms limit retention channel max_payload expiry_agent
+-- KEYS: meta data index log ttl bindings usage (the tenant's, or on a cluster the
+--       conversation's own)
+-- ARGV: now_ms limit retention channel max_payload expiry_agent publish
 -- Returns {deleted, next expiry or -1 (-1 also when the conversation is gone)}.
 local meta, data, index, log, ttl, bindings, usage =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
@@ -11,6 +12,7 @@ local limit = tonumber(ARGV[2])
 local retention = tonumber(ARGV[3])
 local channel = ARGV[4]
 local max_payload = tonumber(ARGV[5])
+local publish = ARGV[7]
 
 local head = redis.call('HGET', meta, 'rev')
 if not head then
@@ -43,6 +45,6 @@ if #keys > 0 then
   local provenance = {ARGV[6], '', '', false, now}
   add_usage(meta, usage, apply_changes(data, index, ttl, bindings, changes))
   local event = encode_event(revision, now, provenance, changes, false)
-  append_event(meta, log, revision, now, event, retention, channel, max_payload)
+  append_event(meta, log, revision, now, event, retention, channel, max_payload, publish)
 end
 return {#keys, next_expiry(ttl)}
