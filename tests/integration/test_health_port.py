@@ -94,6 +94,8 @@ def test_workers_share_the_health_port(
         health_address,
         "--redis-url",
         redis_server.url,
+        "--durability",
+        "fast",  # the test Redis has no AOF
         "--etcd-endpoints",
         ",".join(etcd.endpoints),
         "--etcd-prefix",
