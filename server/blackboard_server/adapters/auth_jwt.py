@@ -24,9 +24,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from blackboard_server.adapters.watched_file import WatchedFile
 from blackboard_server.domain.auth import Identity, identity
 from blackboard_server.domain.errors import CredentialsExpired, CredentialsInvalid
+from blackboard_server.watched_file import WatchedFile
 
 FAMILY = {"HS256": "oct", "RS256": "RSA", "ES256": "EC"}
 MIN_SECRET_BYTES = 32

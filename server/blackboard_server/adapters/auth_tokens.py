@@ -18,9 +18,9 @@ import json
 import time
 from dataclasses import dataclass
 
-from blackboard_server.adapters.watched_file import WatchedFile
 from blackboard_server.domain.auth import Identity, identity
 from blackboard_server.domain.errors import CredentialsExpired
+from blackboard_server.watched_file import WatchedFile
 
 
 @dataclass(frozen=True, slots=True)

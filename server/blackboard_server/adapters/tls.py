@@ -12,7 +12,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from blackboard_server.adapters.watched_file import WatchedFile
+from blackboard_server.watched_file import WatchedFile
 
 
 def _certificates(data: bytes) -> bytes:

@@ -26,10 +26,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
-
-import structlog
 
 from blackboard_server.domain.quota import (
     CLUSTER_QUOTAS,
@@ -39,8 +36,8 @@ from blackboard_server.domain.quota import (
     check_count,
     tenant_wide,
 )
+from blackboard_server.watched_file import WatchedFile
 
-log = structlog.get_logger("blackboard.quotas")
 K = TypeVar("K")
 _FIELDS = {f.name: f for f in dataclasses.fields(Quota)}
 
@@ -100,44 +97,27 @@ class QuotaBook:
         file setting one is refused at start and not reloaded."""
         self.default = default
         self._cluster = cluster
-        self._path = Path(path) if path else None
-        self._interval = check_interval_s
-        self._clock = clock
-        self._tenants: dict[str, Quota] = {}
-        self._stamp: tuple[int, int] | None = None
-        self._checked = clock()
-        if self._path is not None:
+        self._file: WatchedFile[dict[str, Quota]] | None = None
+        if path:
             try:
-                self._load(self._path)
+                self._file = WatchedFile(
+                    path, self._parse, interval_s=check_interval_s, clock=clock
+                )
             except OSError as exc:
-                raise QuotaFileError(f"cannot read {self._path}: {exc.strerror}") from None
+                raise QuotaFileError(f"cannot read {path}: {exc.strerror}") from None
+            except ValueError as exc:
+                raise QuotaFileError(str(exc)) from None
 
     def of(self, tenant: str) -> Quota:
-        if self._path is not None and self._clock() - self._checked >= self._interval:
-            self._refresh(self._path)
-        return self._tenants.get(tenant, self.default)
+        if self._file is None:
+            return self.default
+        return self._file.current().get(tenant, self.default)
 
-    def _refresh(self, path: Path) -> None:
-        self._checked = self._clock()
-        try:
-            self._load(path)
-        except (OSError, QuotaFileError) as exc:
-            log.error("quotas file not reloaded; keeping the last good one", error=str(exc))
-
-    def _load(self, path: Path) -> None:
-        stat = path.stat()
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if stamp == self._stamp:
-            return
-        try:
-            tenants = parse_quotas(path.read_text(), self.default)
-            if self._cluster:
-                _refuse_tenant_wide(tenants)
-        except QuotaFileError as exc:
-            raise QuotaFileError(f"{path}: {exc}") from None
-        self._tenants = tenants
-        self._stamp = stamp
-        log.info("quotas loaded", path=str(path), tenants=len(self._tenants))
+    def _parse(self, data: bytes) -> dict[str, Quota]:
+        tenants = parse_quotas(data.decode(), self.default)
+        if self._cluster:
+            _refuse_tenant_wide(tenants)
+        return tenants
 
 
 class Admission:

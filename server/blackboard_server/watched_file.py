@@ -16,26 +16,34 @@ from typing import Generic, TypeVar
 import structlog
 
 T = TypeVar("T")
-log = structlog.get_logger("blackboard.auth")
+log = structlog.get_logger("blackboard.files")
 
 
 class WatchedFile(Generic[T]):
-    def __init__(self, path: str, parse: Callable[[bytes], T], *, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        parse: Callable[[bytes], T],
+        *,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self._parse = parse
         self._interval = interval_s
+        self._clock = clock
         self._stamp = self._stat()
         # At start a bad file is fatal: the server must not come up without its keys.
         try:
             self._value = parse(self._read())
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from None
-        self._checked = time.monotonic()
+        self._checked = clock()
         #: How many times the content was replaced since start.
         self.reloads = 0
 
     def current(self) -> T:
-        now = time.monotonic()
+        now = self._clock()
         if now - self._checked >= self._interval:
             self._checked = now
             self._refresh()
