@@ -11,6 +11,7 @@ import pytest
 from tests.servers import (
     EtcdCluster,
     RedisClusterServers,
+    RedisPair,
     RedisServer,
     ServerProcess,
     start_replicas,
@@ -22,6 +23,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server = RedisServer(Path(tmp_path_factory.mktemp("redis"))).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisPair]:
+    """A durable primary with one replica: for confirmed reads and writes (WAIT)."""
+    pair = RedisPair(Path(tmp_path_factory.mktemp("redis-pair"))).start()
+    yield pair
+    pair.stop()
 
 
 @pytest.fixture(scope="session")

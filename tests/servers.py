@@ -124,6 +124,50 @@ class RedisServer:
         _stop(self.proc)
 
 
+class RedisPair:
+    """A durable primary and one replica of it (AOF always on both), in sync once started.
+
+    `pause` stops the replica (SIGSTOP): the primary goes on, but WAIT for a
+    replica no longer returns 1; `resume` lets it catch up.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.primary = RedisServer(workdir / "primary", durable=True)
+        self.replica = RedisServer(
+            workdir / "replica",
+            durable=True,
+            extra=("--replicaof", "127.0.0.1", str(self.primary.port)),
+        )
+
+    def start(self) -> RedisPair:
+        self.primary.start()
+        self.replica.start()
+        wait_for(lambda: "state=online" in self.replication(), 20, "the replica in sync")
+        return self
+
+    def replication(self) -> str:
+        return subprocess.run(
+            [require("redis-cli"), "-p", str(self.primary.port), "INFO", "replication"],
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=5,
+        ).stdout
+
+    def pause(self) -> None:
+        assert self.replica.proc is not None
+        os.kill(self.replica.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.replica.proc is not None and self.replica.proc.poll() is None:
+            os.kill(self.replica.proc.pid, signal.SIGCONT)
+
+    def stop(self) -> None:
+        self.resume()
+        self.replica.stop()
+        self.primary.stop()
+
+
 @dataclass(frozen=True)
 class EtcdTls:
     """Files of a TLS etcd: its certificate and key, and the CA clients are checked against."""

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from blackboard_server.adapters.memory import MemoryStore
+from blackboard_server.adapters.redis_durability import Durability
 from blackboard_server.adapters.redis_store import RedisStore
 from blackboard_server.domain.model import ConversationRef
 from blackboard_server.ports import StateStore
@@ -16,20 +17,30 @@ from blackboard_server.ports import StateStore
 RETENTION = 20
 
 
-@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-replicated"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     if request.param == "memory":
         memory = MemoryStore(retention=RETENTION)
         yield memory
         await memory.aclose()
         return
-    # The same tests on one Redis and on a three-primary Redis Cluster.
-    server = request.getfixturevalue(
-        "redis_server" if request.param == "redis" else "redis_cluster"
-    )
+    # The same tests on one Redis, on a three-primary Redis Cluster, and on a
+    # durable primary whose writes and reads its replica confirms (WAIT).
+    durability = Durability()
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_server").url
+    elif request.param == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster").url
+    else:
+        url = request.getfixturevalue("redis_pair").primary.url
+        durability = Durability("durable", wait_replicas=1, wait_timeout_ms=1000)
     # Its own prefix gives each test its own expiry index: expire_due sees only this test's keys.
     async with await RedisStore.connect(
-        server.url, retention=RETENTION, prefix=f"t-{uuid.uuid4().hex}", timeout_s=2.0
+        url,
+        retention=RETENTION,
+        prefix=f"t-{uuid.uuid4().hex}",
+        timeout_s=2.0,
+        durability=durability,
     ) as redis:
         yield redis
 

@@ -99,12 +99,19 @@ class ClusterPipe:
         }
         self._pipes: dict[tuple[str, int], ScriptPipe] = {}
 
-    async def evalsha(self, script: Script, keys: Sequence[str], *args: Arg) -> Any:
+    @property
+    def waits(self) -> bool:
+        """Whether calls wait for replicas."""
+        return bool(self._options["replicas"])
+
+    async def evalsha(
+        self, script: Script, keys: Sequence[str], *args: Arg, read: bool = False
+    ) -> Any:
         at, asking = self._topology.primary(keys[0]), False
         redirects, deadline = 0, time.monotonic() + self._options["timeout_s"]
         while True:
             try:
-                return await self._pipe(at).evalsha(script, keys, *args, asking=asking)
+                return await self._pipe(at).evalsha(script, keys, *args, asking=asking, read=read)
             except ResponseError as exc:
                 # TRYAGAIN: the slot is being migrated and its keys are split
                 # between the two nodes; the script did not run.

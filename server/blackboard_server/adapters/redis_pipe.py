@@ -106,6 +106,10 @@ class ScriptPipe:
     iteration). A call they do not confirm within `wait_timeout_ms` raises
     BackendUnavailable with outcome "unknown": it ran on the primary, and may
     or may not survive a failover.
+
+    A `read` is a script that wrote only to confirm what it read (see
+    RedisStore's confirmed reads): unconfirmed, it raises BackendUnavailable
+    without an outcome, its reply unseen.
     """
 
     def __init__(
@@ -124,8 +128,18 @@ class ScriptPipe:
         self._connecting = asyncio.Lock()
         self._closed = False
 
+    @property
+    def waits(self) -> bool:
+        """Whether calls wait for replicas."""
+        return self._replicas > 0
+
     async def evalsha(
-        self, script: Script, keys: Sequence[str], *args: Arg, asking: bool = False
+        self,
+        script: Script,
+        keys: Sequence[str],
+        *args: Arg,
+        asking: bool = False,
+        read: bool = False,
     ) -> Any:
         """`asking`: send ASKING first, as a cluster's ASK redirection requires."""
         conn = self._conn
@@ -145,22 +159,28 @@ class ScriptPipe:
                 _asking(conn, command, deadline) if asking else conn.send(command, deadline)
             )
         if self._replicas:
-            await self._replicated(conn, deadline)
+            await self._replicated(conn, deadline, read)
         return reply
 
-    async def _replicated(self, conn: _Connection, deadline: float) -> None:
+    async def _replicated(self, conn: _Connection, deadline: float, read: bool) -> None:
         wanted, timeout_ms = self._replicas, self._wait_timeout_ms
+        what = "the read" if read else "the write"
         try:
             confirmed = await conn.wait_replicas(wanted, timeout_ms, deadline)
         except BackendUnavailable as exc:
-            detail = "the connection was lost before replicas confirmed the write"
-            raise BackendUnavailable("redis", detail, outcome_unknown=True) from exc
+            detail = f"the connection was lost before replicas confirmed {what}"
+            raise BackendUnavailable("redis", detail, outcome_unknown=not read) from exc
         if confirmed < wanted:
+            after = (
+                "what it read may not survive a failover"
+                if read
+                else "it may or may not survive a failover"
+            )
             raise BackendUnavailable(
                 "redis",
-                f"the write was confirmed by {confirmed} of {wanted} replicas within "
-                f"{timeout_ms} ms; it may or may not survive a failover",
-                outcome_unknown=True,
+                f"{what} was confirmed by {confirmed} of {wanted} replicas within "
+                f"{timeout_ms} ms; {after}",
+                outcome_unknown=not read,
             )
 
     async def __aenter__(self) -> ScriptPipe:

@@ -12,6 +12,16 @@ primary owning the conversation's slot (redis_cluster.py). Notifications
 (redis_notify.py) use plain pub/sub on one Redis and sharded pub/sub on a
 cluster. They only wake readers: the log is the truth, so after any
 (re)subscription the listener gets None for the conversation and reads the log.
+
+Confirmed reads: when the pipe waits for replicas (durable mode with
+replicas), every read a client can see also goes through the pipe, as a
+script that writes one short-lived key of the conversation's own (`:c`)
+besides reading. The WAIT the pipe sends after it then covers every write the
+read saw, so a read returns only what the replicas have, and nothing a
+failover could take back; one they do not confirm in time fails
+BackendUnavailable. Notifications carry no event in that mode (they are
+published before the write is confirmed): they only wake the hub, which reads
+the log. docs/backends.md says what this guarantees and costs.
 """
 
 from __future__ import annotations
@@ -92,8 +102,11 @@ class RedisStore:
         self._publish = "SPUBLISH" if self._cluster else "PUBLISH"
         self._ttl_index = f"{prefix}:ttl"
         self._known_keys: dict[ConversationRef, codec.Keys] = {}
-        # Reads go through redis-py; every write through the pipe, which
-        # waits for replicas when durability asks it to.
+        # Reads go through redis-py, or, confirmed, through the pipe; every
+        # write through the pipe, which waits for replicas when durability asks it to.
+        self._confirmed = pipe.waits
+        self._max_payload = 0 if self._confirmed else MAX_NOTIFY_PAYLOAD
+        self._reads = {name: Script.of(name, _source(name)) for name in ("read", "events", "meta")}
         self._scripts = {
             name: client.register_script(_source(name))
             for name in ("read", "events", "conversation")  # conversation: reading grants
@@ -131,6 +144,12 @@ class RedisStore:
             prefix=prefix,
             timeout_s=timeout_s,
         )
+
+    @property
+    def confirmed(self) -> bool:
+        """Whether reads return only what replicas confirmed (and notifications carry
+        no event)."""
+        return self._confirmed
 
     async def __aenter__(self) -> RedisStore:
         return self
@@ -173,6 +192,18 @@ class RedisStore:
     async def _run(self, script: str, keys: Sequence[str], *args: object) -> Any:
         # AsyncScript re-loads the script when Redis answers NOSCRIPT (after a restart).
         return await self._scripts[script](keys=keys, args=args)  # type: ignore[arg-type]
+
+    async def _read(self, script: str, keys: Sequence[str], *args: Arg) -> Any:
+        """A read script, confirmed by the replicas when the pipe waits for them."""
+        if not self._confirmed:
+            return await self._run(script, keys, *args)
+        confirm = keys[0][:-1] + "c"  # the meta key's name, with its own suffix
+        return await self._pipe.evalsha(self._reads[script], (*keys, confirm), *args, read=True)
+
+    async def _meta(self, keys: codec.Keys, fields: Sequence[str]) -> list[Any]:
+        if self._confirmed:
+            return list(await self._read("meta", [keys.meta], *fields))
+        return list(await self._client.hmget(keys.meta, fields))
 
     def _keys(self, ref: ConversationRef) -> codec.Keys:
         keys = self._known_keys.get(ref)
@@ -244,7 +275,7 @@ class RedisStore:
 
     async def get_conversation(self, ref: ConversationRef) -> Conversation:
         async with self._guard():
-            fields = await self._client.hmget(self._keys(ref).meta, codec.META_FIELDS)
+            fields = await self._meta(self._keys(ref), codec.META_FIELDS)
         conversation = codec.conversation(ref, fields)
         if conversation is None:
             raise ConversationNotFound(ref.id)
@@ -329,7 +360,7 @@ class RedisStore:
                 self._retention,
                 self._dedupe_window_ms,
                 keys.channel,
-                MAX_NOTIFY_PAYLOAD,
+                self._max_payload,
                 self._publish,
                 quota.entries_per_conversation,
                 quota.bytes,
@@ -390,7 +421,7 @@ class RedisStore:
                 limit,
                 self._retention,
                 keys.channel,
-                MAX_NOTIFY_PAYLOAD,
+                self._max_payload,
                 EXPIRY_AGENT,
                 self._publish,
             )
@@ -412,7 +443,7 @@ class RedisStore:
             # No UTF-8 key contains the byte 0xff, so it bounds every key under the prefix.
             bounds = (b"0", low, b"(" + raw_prefix + b"\xff" if prefix else b"+")
         async with self._guard():
-            reply = await self._run("read", keys.named("m", "d", "k"), *bounds, limit)
+            reply = await self._read("read", keys.named("m", "d", "k"), *bounds, limit)
         if reply[0] == b"NOTFOUND":
             raise ConversationNotFound(ref.id)
         entries = tuple(codec.unpack_entry(raw) for raw in reply[4:])
@@ -423,7 +454,7 @@ class RedisStore:
     ) -> tuple[Sequence[Event], int]:
         keys = self._keys(ref)
         async with self._guard():
-            reply = await self._run("events", keys.named("m", "l"), start, end, limit)
+            reply = await self._read("events", keys.named("m", "l"), start, end, limit)
         if reply[0] == b"NOTFOUND":
             raise ConversationNotFound(ref.id)
         if reply[0] == b"COMPACTED":
@@ -432,7 +463,7 @@ class RedisStore:
 
     async def head(self, ref: ConversationRef) -> tuple[int, int]:
         async with self._guard():
-            revision, compact = await self._client.hmget(self._keys(ref).meta, ["rev", "compact"])
+            revision, compact = await self._meta(self._keys(ref), ("rev", "compact"))
         if revision is None or compact is None:
             raise ConversationNotFound(ref.id)
         return int(revision), int(compact)
@@ -440,7 +471,12 @@ class RedisStore:
     # --- notifications --------------------------------------------------------
 
     def listen(self, listener: Listener) -> None:
-        self._notifications.book.listeners.append(listener)
+        if self._confirmed:
+            # A notification is published before its write is confirmed: never
+            # pass its event on (another server, in fast mode, may send one).
+            self._notifications.book.listeners.append(lambda ref, _: listener(ref, None))
+        else:
+            self._notifications.book.listeners.append(listener)
 
     async def watch(self, ref: ConversationRef) -> None:
         """Returns once Redis confirms the subscription.

@@ -26,6 +26,7 @@ from blackboard_server.ports import StateStore
 
 Encoder = Callable[[Event], bytes]
 PAGE = 1000
+LATEST = 2**53  # an end revision past any head (Lua numbers are doubles)
 BATCH_CACHE = 16  # encoded stream messages a feed keeps for subscribers at the same cursor
 
 
@@ -251,18 +252,22 @@ class Hub:
                 await self._store.unwatch(feed.ref)
 
     async def _catch_up(self, feed: Feed) -> None:
+        """Reads the log after the feed's head, a page at a time, to its end.
+
+        One read per page, and no separate read of the head: with confirmed
+        reads (redis_store.py) each read costs a write and a WAIT.
+        """
         try:
-            head, _ = await self._store.head(feed.ref)
-            while feed.head < head:
+            while True:
                 try:
-                    events, _ = await self._store.events(feed.ref, feed.head + 1, head, PAGE)
+                    events, _ = await self._store.events(feed.ref, feed.head + 1, LATEST, PAGE)
                 except RevisionCompacted as compacted:
                     feed.restart_at(compacted.compact_revision)
                     continue
-                if not events:
-                    return
                 for event in events:
                     feed.advance(event, self._encode(event))
+                if len(events) < PAGE:
+                    return
         except ConversationNotFound:
             feed.end(gone=True)
         except Exception:

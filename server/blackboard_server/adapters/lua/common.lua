@@ -9,6 +9,16 @@ local function num(n)
   return string.format('%d', n)
 end
 
+-- A confirmed read (redis_store.py) names one more key after its own: this
+-- short-lived write to it moves the connection's replication offset past
+-- every write the script read, so the WAIT sent after the script confirms
+-- them all. Without that key the script writes nothing.
+local function confirm(key)
+  if key then
+    redis.call('SET', key, '1', 'PX', 10000)
+  end
+end
+
 -- Lua's `<` on strings follows the server's collation locale; keys and values
 -- order by their bytes, as in Python and in Redis sorted sets.
 local function bytes_less(a, b)

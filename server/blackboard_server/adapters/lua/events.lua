@@ -1,11 +1,12 @@
 -- A range of the change log, checked against the compact revision in the
 -- same step, so a concurrent trim can never leave a silent gap.
 --
--- KEYS: meta log
+-- KEYS: meta log [confirm]
 -- ARGV: start end limit
 -- Returns {'OK', head, compact revision, event...}, {'COMPACTED', compact revision}
 -- or {'NOTFOUND'}.
 local meta, log = KEYS[1], KEYS[2]
+confirm(KEYS[3])
 local state = redis.call('HMGET', meta, 'rev', 'compact')
 if not state[1] then
   return {'NOTFOUND'}

@@ -1,10 +1,11 @@
 -- Entries at the head revision, read in one step so the page and the
 -- revision it reports agree.
 --
--- KEYS: meta data index
+-- KEYS: meta data index [confirm]
 -- ARGV: exact ("1" or "0"), key (exact) or min bound, max bound, limit
 -- Returns {'OK', revision, compact revision, more, entry...} or {'NOTFOUND'}.
 local meta, data, index = KEYS[1], KEYS[2], KEYS[3]
+confirm(KEYS[4])
 local state = redis.call('HMGET', meta, 'rev', 'compact')
 if not state[1] then
   return {'NOTFOUND'}
