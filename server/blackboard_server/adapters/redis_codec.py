@@ -14,6 +14,7 @@ All keys of a conversation share the hash tag `{tenant/id}`:
     <prefix>:{tenant/id}:e   zset   session ids whose end was recorded, by when
     <prefix>:{tenant/id}:g   hash   subject -> granted role (1 reader, 2 writer, 3 admin)
     <prefix>:{tenant/id}:n   pub/sub channel: the encoded event, or empty
+    <prefix>:{tenant/id}:c   string written by confirmed reads (redis_store.py), expires in 10 s
     <prefix>:{tenant/id}:u   hash   conversations, bytes: the usage the scripts keep on a
                                     Redis Cluster in place of the tenant's (below)
     <prefix>:usage:{tenant}          hash  the tenant's conversations and bytes (one Redis)
