@@ -13,20 +13,27 @@ returning what it read; in fast mode reads neither write nor WAIT.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from redis.asyncio import Redis
 
+from blackboard.v1 import blackboard_pb2 as pb
+from blackboard.v1 import blackboard_pb2_grpc as pb_grpc
 from blackboard_server.adapters.redis_durability import Durability
 from blackboard_server.adapters.redis_store import RedisStore
+from blackboard_server.app import serve
+from blackboard_server.config import Settings
 from blackboard_server.domain.errors import BackendUnavailable
 from blackboard_server.domain.fingerprint import fingerprint
 from blackboard_server.domain.model import ConversationRef, Put, WriteBatch
+from tests.integration.test_stream import Recorder
 from tests.servers import RedisPair
 
 pytestmark = pytest.mark.timeout(60)
@@ -178,3 +185,53 @@ async def test_a_confirmed_read_costs_one_write_and_one_wait(pair: RedisPair) ->
 
 async def test_fast_mode_reads_neither_write_nor_wait(pair: RedisPair) -> None:
     assert await waits_and_sets_of_reads(pair, Durability()) == (0, 0)
+
+
+async def test_through_the_server_a_subscriber_is_sent_only_confirmed_writes(
+    pair: RedisPair,
+) -> None:
+    """The hub does not pass on a notification's event: a write the replica has not
+    confirmed reaches no subscriber, and reads of it fail UNAVAILABLE, until it is
+    confirmed."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        redis_url=pair.primary.url,
+        durability="durable",
+        redis_wait_replicas=1,
+        redis_timeout_s=2.0,
+        redis_wait_timeout_ms=WAIT_MS,
+        uvloop=False,
+    )
+    conv = f"c-{uuid.uuid4().hex[:8]}"
+    async with serve(settings) as server, grpc.aio.insecure_channel(server.address) as channel:
+        bb = pb_grpc.BlackboardStub(channel)
+        await bb.CreateConversation(pb.CreateConversationRequest(id=conv))
+        recorder = Recorder(bb, pb.SubscribeRequest(conversation_id=conv, start_revision=1))
+        reading = asyncio.create_task(recorder.read(until=lambda r: len(r.events) >= 2))
+        await bb.Put(pb.PutRequest(conversation_id=conv, key="a", value=pb.Value(data=b"1")))
+        async with asyncio.timeout(10):
+            while not recorder.events:
+                await asyncio.sleep(0.01)
+
+        pair.pause()
+        try:
+            b = pb.PutRequest(conversation_id=conv, key="b", value=pb.Value(data=b"2"))
+            with pytest.raises(grpc.aio.AioRpcError) as put:
+                await bb.Put(b, timeout=5)
+            assert put.value.code() == grpc.StatusCode.UNAVAILABLE
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as get:
+                await bb.Get(pb.GetRequest(conversation_id=conv, key="b"), timeout=5)
+            assert get.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() - started < 2.0
+            # Its notification went out long ago (published with the write): not passed on.
+            await asyncio.sleep(0.5)
+            assert recorder.revisions == [1]
+        finally:
+            pair.resume()
+        # Confirmed once the replica has it: the subscriber gets it, Get reads it.
+        async with asyncio.timeout(20):
+            await reading
+        assert recorder.revisions == [1, 2] and recorder.error is None
+        got = await bb.Get(pb.GetRequest(conversation_id=conv, key="b"), timeout=5)
+        assert got.entry.value.data == b"2" and got.entry.mod_revision == 2
