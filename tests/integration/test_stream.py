@@ -319,6 +319,49 @@ async def test_slow_subscriber_is_ended_with_its_resume_point(make_server: Any) 
         assert resumed.revisions == list(range(last + 1, 401))
 
 
+async def test_a_stalled_write_ends_only_that_stream_with_its_resume_point(
+    make_server: Any,
+) -> None:
+    # The lag bound is out of reach: only the write timeout can end the stream.
+    async with (
+        make_server(
+            subscriber_max_lag=1_000_000, subscriber_batch=10, subscriber_write_timeout_s=1.0
+        ) as running,
+        grpc.aio.insecure_channel(running.address) as channel,
+        grpc.aio.insecure_channel(running.address) as reader_channel,
+    ):
+        stub = pb_grpc.BlackboardStub(channel)
+        conv = await new_conv(stub)
+        stalled = Recorder(stub, pb.SubscribeRequest(conversation_id=conv))
+        first = await stalled.call.read()  # the (empty) snapshot; then stop reading
+        assert first.WhichOneof("message") == "snapshot"
+        reader = Recorder(
+            pb_grpc.BlackboardStub(reader_channel), pb.SubscribeRequest(conversation_id=conv)
+        )
+        reading = asyncio.create_task(reader.read())
+        while reader.synced is None:  # its snapshot is taken before the first put
+            await asyncio.sleep(0.01)
+        blob = "x" * 20_000
+        for i in range(300):
+            await put(stub, conv, f"k{i % 5}", blob)
+        await asyncio.sleep(2.5)  # more than the timeout and the watchdog's period
+        await stalled.read()
+        assert stalled.error is not None
+        assert stalled.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        info, _ = details(stalled.error)
+        assert info.reason == "SLOW_SUBSCRIBER"
+        last = int(info.metadata["last_revision"])
+        assert 0 < last < 300
+        assert stalled.revisions == list(range(1, last + 1))
+        # The stream that kept reading was not touched and has everything.
+        assert not reading.done()
+        assert reader.revisions == list(range(1, 301))
+        reading.cancel()
+        resumed = Recorder(stub, pb.SubscribeRequest(conversation_id=conv, start_revision=last + 1))
+        await resumed.read(until=lambda r: r.revisions and r.revisions[-1] == 300)
+        assert resumed.revisions == list(range(last + 1, 301))
+
+
 async def test_shutdown_ends_streams_resumably(make_server: Any) -> None:
     async with make_server(shutdown_grace_s=2) as running:
         channel = grpc.aio.insecure_channel(running.address)

@@ -14,6 +14,7 @@ from blackboard_server.api import convert, writes
 from blackboard_server.api.auth import IDENTITY
 from blackboard_server.api.errors import unary
 from blackboard_server.api.outcomes import streamed_write_outcomes
+from blackboard_server.api.stalls import StallWatch
 from blackboard_server.api.write_stream import WriteStream
 from blackboard_server.domain.auth import Role
 from blackboard_server.domain.errors import CredentialsMissing, SlowSubscriber
@@ -67,7 +68,7 @@ class BlackboardServicer:
         self._subs = subscriptions
         self._access = access
         self._tenant = tenant
-        self._write_timeout = write_timeout_s
+        self._stalls = StallWatch(write_timeout_s)
         self._verified = verified
 
     def _caller(self, context: Context) -> Caller:
@@ -217,19 +218,24 @@ class BlackboardServicer:
         options = SubscribeOptions(r.prefix, r.start_revision, r.no_reset, r.with_previous)
         resume = r.start_revision - 1
         who = self._caller(c)
-        with self._admission.subscriber(who.tenant, r.conversation_id):
+        with (
+            self._admission.subscriber(who.tenant, r.conversation_id),
+            self._stalls.watching() as writing,
+        ):
             async for item in self._subs.stream(who, r.conversation_id, options):
+                message = convert.stream_item(item, with_previous=r.with_previous)
                 try:
-                    # A reader that stops reading would otherwise hold this write forever.
-                    async with asyncio.timeout(self._write_timeout):
-                        await c.write(convert.stream_item(item, with_previous=r.with_previous))
-                except TimeoutError:
-                    raise SlowSubscriber(max(resume, 0), 0) from None
+                    written = await self._stalls.write(writing, c, message)
                 except Exception:
                     if c.cancelled():
                         return  # the client went away mid-write
                     raise
                 resume = resume_point(item, resume)
+                if not written:  # a reader that stopped reading
+                    # The message whose write was given up on still reaches the client
+                    # before the status does (a stream's status follows its messages),
+                    # so the resume point is after it.
+                    raise SlowSubscriber(max(resume, 0), 0)
 
 
 _ROLES = {Role.READER: pb.ROLE_READER, Role.WRITER: pb.ROLE_WRITER, Role.ADMIN: pb.ROLE_ADMIN}

@@ -15,7 +15,6 @@ an interval, so even a lost notification delays an event by at most that.
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
@@ -28,6 +27,7 @@ Encoder = Callable[[Event], bytes]
 PAGE = 1000
 LATEST = 2**53  # an end revision past any head (Lua numbers are doubles)
 BATCH_CACHE = 16  # encoded stream messages a feed keeps for subscribers at the same cursor
+WAKE_CHUNK = 32  # subscribers a feed wakes per pass of the event loop
 
 
 class Feed:
@@ -36,9 +36,9 @@ class Feed:
     Waking is coalesced: the first event after a quiet spell wakes subscribers
     at once, later ones at most every `coalesce_s`, so under load each wake-up
     carries several events in one stream message instead of one message per
-    event per subscriber. Waiters share one future per wake-up; the pump's
-    periodic tick wakes them too, which is how an idle stream learns it is
-    time for a progress message without a timer of its own.
+    event per subscriber. The pump's periodic tick wakes waiters too, which is
+    how an idle stream learns it is time for a progress message without a
+    timer of its own.
     """
 
     def __init__(
@@ -53,7 +53,8 @@ class Feed:
         self._coalesce = coalesce_s
         self._woken_at = 0.0
         self._pending_wake: asyncio.TimerHandle | None = None
-        self._next: asyncio.Future[None] | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._to_release = 0  # waiters the last tick has yet to wake
         self.kick = asyncio.Event()  # asks the pump to read the log
         self.subscribers = 0
         self.detached = False  # the last subscriber left: its pump stops
@@ -90,7 +91,7 @@ class Feed:
         self.tick()
 
     def _wake(self) -> None:
-        if self._next is None or self._pending_wake is not None:
+        if not self._waiters or self._pending_wake is not None:
             return  # nobody waits, or a wake-up is already due
         loop = asyncio.get_running_loop()
         due = self._woken_at + self._coalesce
@@ -100,38 +101,57 @@ class Feed:
             self._pending_wake = loop.call_at(due, self.tick)
 
     def tick(self) -> None:
-        """Wakes every waiter now."""
+        """Wakes every waiter, WAKE_CHUNK of them per pass of the event loop.
+
+        Woken all at once, a thousand subscribers would each write a message in
+        one pass of the loop, and nothing else (a new call, a Put's reply) would
+        run until they all had. Waiters are woken in the order they began to
+        wait, so under load every stream gets its turn before any gets two.
+        """
         if self._pending_wake is not None:
             self._pending_wake.cancel()
             self._pending_wake = None
-        waiting, self._next = self._next, None
-        if waiting is not None and not waiting.done():
-            self._woken_at = asyncio.get_running_loop().time()
-            waiting.set_result(None)
+        if self._waiters:
+            loop = asyncio.get_running_loop()
+            self._woken_at = loop.time()
+            releasing = self._to_release > 0
+            self._to_release = len(self._waiters)
+            if not releasing:
+                self._release()
+
+    def _release(self) -> None:
+        waiters = self._waiters
+        for _ in range(min(WAKE_CHUNK, self._to_release, len(waiters))):
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+            self._to_release -= 1
+        self._to_release = min(self._to_release, len(waiters))
+        if self._to_release > 0:
+            asyncio.get_running_loop().call_soon(self._release)
 
     def since(self, after: int, limit: int) -> tuple[list[Event], list[bytes]] | None:
         """Events after revision `after` held in memory; None if they are older than that."""
         if after >= self.head:
             return [], []
-        first = self.head - len(self._events) + 1
+        held = len(self._events)
+        first = self.head - held + 1
         if after + 1 < first:
             return None
-        start = after + 1 - first
-        stop = start + limit
-        return (
-            list(itertools.islice(self._events, start, stop)),
-            list(itertools.islice(self._wire, start, stop)),
-        )
+        # Indexed from the right: a subscriber that keeps up wants the last few of
+        # thousands, and a deque walks to an index from its nearer end.
+        start = after + 1 - first - held
+        stop = min(start + limit, 0)
+        events, wire = self._events, self._wire
+        return [events[i] for i in range(start, stop)], [wire[i] for i in range(start, stop)]
 
     async def wait(self, after: int) -> None:
         """Returns once the head has passed `after`, the feed ended, or a tick came."""
         if self.head > after or self.gone or self.closing:
             return
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        # Shielded: every waiter shares the future, and a cancelled waiter (a
-        # client that went away) would otherwise cancel it for all the others.
-        await asyncio.shield(self._next)
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter  # a cancelled waiter cancels only its own future
 
 
 class Hub:
