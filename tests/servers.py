@@ -132,7 +132,10 @@ class RedisPair:
     """
 
     def __init__(self, workdir: Path) -> None:
-        self.primary = RedisServer(workdir / "primary", durable=True)
+        # The replica syncs at once, not after the default 5 s wait for more of them.
+        self.primary = RedisServer(
+            workdir / "primary", durable=True, extra=("--repl-diskless-sync-delay", "0")
+        )
         self.replica = RedisServer(
             workdir / "replica",
             durable=True,
@@ -143,7 +146,21 @@ class RedisPair:
         self.primary.start()
         self.replica.start()
         wait_for(lambda: "state=online" in self.replication(), 20, "the replica in sync")
+        # Online is not yet answering: it may still be loading what it was sent.
+        wait_for(self.confirms, 20, "the replica confirming writes", interval=0.1)
         return self
+
+    def confirms(self) -> bool:
+        """Whether the replica confirms a write (WAIT) within a second."""
+        result = subprocess.run(
+            [require("redis-cli"), "-p", str(self.primary.port)],
+            input="SET redis-pair-probe 1\nWAIT 1 1000\n",
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=5,
+        )
+        return result.stdout.split() == ["OK", "1"]
 
     def replication(self) -> str:
         return subprocess.run(

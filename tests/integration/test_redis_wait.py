@@ -37,7 +37,7 @@ from tests.integration.test_stream import Recorder
 from tests.servers import RedisPair
 
 pytestmark = pytest.mark.timeout(60)
-WAIT_MS = 300
+WAIT_MS = 500
 DURABLE = Durability("durable", check=True, wait_replicas=-1, wait_timeout_ms=WAIT_MS)  # auto: 1
 
 
