@@ -32,7 +32,14 @@ from blackboard_server.app import serve
 from blackboard_server.config import Settings
 from blackboard_server.domain.errors import BackendUnavailable
 from blackboard_server.domain.fingerprint import fingerprint
-from blackboard_server.domain.model import ConversationRef, Put, WriteBatch
+from blackboard_server.domain.model import (
+    Compare,
+    ConversationRef,
+    Operator,
+    Put,
+    Target,
+    WriteBatch,
+)
 from tests.integration.test_stream import Recorder
 from tests.servers import RedisPair
 
@@ -156,6 +163,36 @@ async def test_an_unconfirmed_write_is_not_read_until_confirmed(pair: RedisPair)
                 await store.events(ref, 1, 1, 10)
         finally:
             pair.resume()
+
+
+async def test_a_refused_write_answers_only_with_what_the_replica_confirmed(
+    pair: RedisPair,
+) -> None:
+    """A compare that fails against an unconfirmed write does not report its version:
+    the refusal is confirmed like a read, even on a connection that wrote nothing.
+
+    (Redis 7.0 lets WAIT cover everything applied before it, written on this
+    connection or not; from 7.2 it covers only what the connection's own commands
+    propagated, which the confirming SET, counted here, provides.)"""
+    async with (
+        await RedisStore.connect(pair.primary.url, timeout_s=2.0, durability=DURABLE) as one,
+        await RedisStore.connect(pair.primary.url, timeout_s=2.0, durability=DURABLE) as two,
+    ):
+        ref = ConversationRef("t", f"c-{uuid.uuid4().hex[:8]}")
+        await one.create_conversation(ref, {}, 0, 1_000)
+        pair.pause()
+        try:
+            with pytest.raises(BackendUnavailable):
+                await commit(one, ref, "a", "r-1")  # applied on the primary, unconfirmed
+            absent = Compare("a", Target.VERSION, Operator.EQUAL, 0)
+            refused = WriteBatch((absent,), (Put("a", b"2"),))
+            before = await commands(pair)
+            with pytest.raises(BackendUnavailable):
+                await two.commit(ref, refused, fingerprint(refused), 3_000)
+            after = await commands(pair)
+        finally:
+            pair.resume()
+    assert after["set"] - before.get("set", 0) == 1
 
 
 async def waits_and_sets_of_reads(pair: RedisPair, durability: Durability) -> tuple[int, int]:

@@ -99,6 +99,7 @@ class Keys:
     all: tuple[str, ...]  # the commit and conversation scripts' keys
     usage: str  # the tenant's conversations and bytes (domain/quota.py)
     own_usage: str  # the conversation's own, in its slot: used in place of usage on a cluster
+    confirm: str  # written by confirmed reads (redis_store.py)
 
     @classmethod
     def of(cls, prefix: str, ref: ConversationRef) -> Keys:
@@ -107,7 +108,7 @@ class Keys:
         suffixes = ("m", "d", "k", "l", "i", "j", "x", "f", "b", "e", "g")
         every = tuple(f"{base}:{s}" for s in suffixes)
         usage = usage_key(prefix, ref.tenant)
-        return cls(tag, f"{base}:m", f"{base}:n".encode(), every, usage, f"{base}:u")
+        return cls(tag, f"{base}:m", f"{base}:n".encode(), every, usage, f"{base}:u", f"{base}:c")
 
     @staticmethod
     def ref_of(tag: bytes | str) -> ConversationRef:

@@ -106,7 +106,10 @@ class RedisStore:
         # write through the pipe, which waits for replicas when durability asks it to.
         self._confirmed = pipe.waits
         self._max_payload = 0 if self._confirmed else MAX_NOTIFY_PAYLOAD
-        self._reads = {name: Script.of(name, _source(name)) for name in ("read", "events", "meta")}
+        self._reads = {
+            name: Script.of(name, _source(name))
+            for name in ("read", "events", "meta", "conversation")  # conversation: grants
+        }
         self._scripts = {
             name: client.register_script(_source(name))
             for name in ("read", "events", "conversation")  # conversation: reading grants
@@ -193,16 +196,18 @@ class RedisStore:
         # AsyncScript re-loads the script when Redis answers NOSCRIPT (after a restart).
         return await self._scripts[script](keys=keys, args=args)  # type: ignore[arg-type]
 
-    async def _read(self, script: str, keys: Sequence[str], *args: Arg) -> Any:
-        """A read script, confirmed by the replicas when the pipe waits for them."""
+    async def _read(self, script: str, keys: codec.Keys, names: Sequence[str], *args: Arg) -> Any:
+        """A read script on the keys `names`, confirmed by the replicas when the pipe
+        waits for them (the script then also writes keys.confirm)."""
         if not self._confirmed:
-            return await self._run(script, keys, *args)
-        confirm = keys[0][:-1] + "c"  # the meta key's name, with its own suffix
-        return await self._pipe.evalsha(self._reads[script], (*keys, confirm), *args, read=True)
+            return await self._run(script, names, *args)
+        return await self._pipe.evalsha(
+            self._reads[script], (*names, keys.confirm), *args, read=True
+        )
 
     async def _meta(self, keys: codec.Keys, fields: Sequence[str]) -> list[Any]:
         if self._confirmed:
-            return list(await self._read("meta", [keys.meta], *fields))
+            return list(await self._read("meta", keys, [keys.meta], *fields))
         return list(await self._client.hmget(keys.meta, fields))
 
     def _keys(self, ref: ConversationRef) -> codec.Keys:
@@ -324,7 +329,8 @@ class RedisStore:
 
     async def grants(self, ref: ConversationRef) -> dict[str, int]:
         async with self._guard():
-            reply = await self._run("conversation", self._keys(ref).all, "grants")
+            keys = self._keys(ref)
+            reply = await self._read("conversation", keys, keys.all, "grants")
         if reply is None:
             raise ConversationNotFound(ref.id)
         flat = [codec.as_bytes(x).decode() for x in reply]
@@ -353,7 +359,8 @@ class RedisStore:
             # No guard: the pipe bounds every call by the timeout itself.
             reply = await self._pipe.evalsha(
                 self._commit_script,
-                (*keys.all, self._usage(keys)),
+                # Confirmed, even a refused write's answer (a version, a fence) counts.
+                (*keys.all, self._usage(keys), *((keys.confirm,) if self._confirmed else ())),
                 codec.pack_batch(batch),
                 fingerprint,
                 now_ms,
@@ -443,7 +450,7 @@ class RedisStore:
             # No UTF-8 key contains the byte 0xff, so it bounds every key under the prefix.
             bounds = (b"0", low, b"(" + raw_prefix + b"\xff" if prefix else b"+")
         async with self._guard():
-            reply = await self._read("read", keys.named("m", "d", "k"), *bounds, limit)
+            reply = await self._read("read", keys, keys.named("m", "d", "k"), *bounds, limit)
         if reply[0] == b"NOTFOUND":
             raise ConversationNotFound(ref.id)
         entries = tuple(codec.unpack_entry(raw) for raw in reply[4:])
@@ -454,7 +461,7 @@ class RedisStore:
     ) -> tuple[Sequence[Event], int]:
         keys = self._keys(ref)
         async with self._guard():
-            reply = await self._read("events", keys.named("m", "l"), start, end, limit)
+            reply = await self._read("events", keys, keys.named("m", "l"), start, end, limit)
         if reply[0] == b"NOTFOUND":
             raise ConversationNotFound(ref.id)
         if reply[0] == b"COMPACTED":

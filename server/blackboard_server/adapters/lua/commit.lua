@@ -1,15 +1,19 @@
 -- One write, all or nothing: a port of domain/commit.py::plan plus the
 -- bookkeeping of MemoryStore.commit.
 --
--- KEYS: meta data index log replies reply_expiry ttl fences bindings ended (the rest
---       of Keys.all), and last the usage hash: the tenant's on one Redis, the
---       conversation's own on a cluster (redis_store.py)
+-- KEYS: meta data index log replies reply_expiry ttl fences bindings ended grants (the
+--       rest of Keys.all), then the usage hash: the tenant's on one Redis, the
+--       conversation's own on a cluster (redis_store.py); and, for a store whose
+--       reads are confirmed, the confirm key: then even a write that changes
+--       nothing (a failed compare, fenced, not found) answers only with what a
+--       WAIT after it covers
 -- ARGV: batch fingerprint now_ms retention dedupe_window_ms channel max_payload publish
 --       max_entries max_bytes
 --   (publish: PUBLISH, or SPUBLISH on a cluster; quotas: 0 is unlimited)
 local meta, data, index, log, replies, reply_expiry, ttl, fences, bindings, ended =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local usage = KEYS[#KEYS]
+local usage = KEYS[12]
+confirm(KEYS[13])
 local batch = cmsgpack.unpack(ARGV[1])
 local fingerprint = ARGV[2]
 local now = tonumber(ARGV[3])

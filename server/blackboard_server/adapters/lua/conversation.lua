@@ -9,10 +9,14 @@
 -- Returns 1, 0 when the conversation already exists (create) or is missing
 -- (delete), or -1 when the tenant has max_conversations already.
 -- grants ARGV: 'grants'                 -> false if missing, else {subject, role, ...}
+--              (a confirmed read: KEYS[12] is the key it writes, see common.lua)
 -- grant ARGV:  'grant' subject role     -> -1 if missing, else 1/0: the subject had a grant
 --              (role '0' revokes)
 local meta, usage = KEYS[1], KEYS[#KEYS]
 if ARGV[1] == 'grants' or ARGV[1] == 'grant' then
+  if ARGV[1] == 'grants' then
+    confirm(KEYS[12])  -- a confirmed read's key, after Keys.all
+  end
   if redis.call('EXISTS', meta) == 0 then
     if ARGV[1] == 'grants' then return false end
     return -1
