@@ -40,6 +40,7 @@ from blackboard_server.domain.model import (
     Target,
     WriteBatch,
 )
+from blackboard_server.services.hub import LATEST
 from tests.integration.test_stream import Recorder
 from tests.servers import RedisPair
 
@@ -195,8 +196,24 @@ async def test_a_refused_write_answers_only_with_what_the_replica_confirmed(
     assert after["set"] - before.get("set", 0) == 1
 
 
-async def waits_and_sets_of_reads(pair: RedisPair, durability: Durability) -> tuple[int, int]:
-    """How many WAITs and SETs the primary ran for four reads of one conversation."""
+async def four_reads(store: RedisStore, ref: ConversationRef) -> None:
+    await store.read(ref, "", "", 10)
+    await store.events(ref, 1, 1, 10)
+    await store.head(ref)
+    await store.get_conversation(ref)
+
+
+async def idle_poll(store: RedisStore, ref: ConversationRef) -> None:
+    """What the hub reads for an idle subscription: nothing after the head."""
+    assert await store.events(ref, 2, LATEST, 10) == ([], 0)
+
+
+async def waits_and_sets(
+    pair: RedisPair,
+    durability: Durability,
+    reads: Callable[[RedisStore, ConversationRef], Awaitable[None]] = four_reads,
+) -> tuple[int, int]:
+    """How many WAITs and SETs the primary ran for `reads` of a conversation at revision 1."""
     async with await RedisStore.connect(
         pair.primary.url, timeout_s=2.0, durability=durability
     ) as store:
@@ -204,10 +221,7 @@ async def waits_and_sets_of_reads(pair: RedisPair, durability: Durability) -> tu
         await store.create_conversation(ref, {}, 0, 1_000)
         await commit(store, ref, "a", "r-1")
         before = await commands(pair)
-        await store.read(ref, "", "", 10)
-        await store.events(ref, 1, 1, 10)
-        await store.head(ref)
-        await store.get_conversation(ref)
+        await reads(store, ref)
         after = await commands(pair)
     return (
         after.get("wait", 0) - before.get("wait", 0),
@@ -217,11 +231,17 @@ async def waits_and_sets_of_reads(pair: RedisPair, durability: Durability) -> tu
 
 async def test_a_confirmed_read_costs_one_write_and_one_wait(pair: RedisPair) -> None:
     # The SET is the confirming write, inside each read's script.
-    assert await waits_and_sets_of_reads(pair, DURABLE) == (4, 4)
+    assert await waits_and_sets(pair, DURABLE) == (4, 4)
+
+
+async def test_a_poll_that_finds_nothing_new_writes_nothing(pair: RedisPair) -> None:
+    """An idle subscription's poll is not confirmed: it says only that nothing is new."""
+    assert await waits_and_sets(pair, DURABLE, idle_poll) == (1, 0)
 
 
 async def test_fast_mode_reads_neither_write_nor_wait(pair: RedisPair) -> None:
-    assert await waits_and_sets_of_reads(pair, Durability()) == (0, 0)
+    assert await waits_and_sets(pair, Durability()) == (0, 0)
+    assert await waits_and_sets(pair, Durability(), idle_poll) == (0, 0)
 
 
 async def test_through_the_server_a_subscriber_is_sent_only_confirmed_writes(
