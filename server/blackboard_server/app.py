@@ -28,7 +28,7 @@ from blackboard_server.adapters.redis_durability import Durability
 from blackboard_server.api import convert
 from blackboard_server.api.auth import AuthInterceptor
 from blackboard_server.api.coordination_servicer import CoordinationServicer
-from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, generic_handler
+from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, method_handlers
 from blackboard_server.api.observe import ObservingInterceptor
 from blackboard_server.api.servicer import BlackboardServicer
 from blackboard_server.config import Settings, SettingsError
@@ -265,6 +265,7 @@ async def serve(
             poll_interval_s=min(1.0, settings.progress_interval_s),
             tick_interval_s=settings.progress_interval_s / 2,
             coalesce_s=settings.subscriber_coalesce_ms / 1000,
+            messages_per_s=settings.fanout_messages_per_s,
         )
         await stack.enter_async_context(hub.running())
         await stack.enter_async_context(coordinator.running())
@@ -325,20 +326,18 @@ async def serve(
             interceptors=interceptors,
             options=server_options(settings),
         )
-        server.add_generic_rpc_handlers(
-            [
-                generic_handler(BLACKBOARD, servicer),
-                generic_handler(
-                    COORDINATION,
-                    CoordinationServicer(
-                        coordination,
-                        tenant=settings.tenant,
-                        verified=verified,
-                        admission=admission,
-                    ),
-                ),
-            ]
+        # Registered, not generic: the server then waits for calls of each method
+        # separately, so a flood of one method's calls does not queue the others'.
+        coordination_servicer = CoordinationServicer(
+            coordination, tenant=settings.tenant, verified=verified, admission=admission
         )
+        for service, implementation in (
+            (BLACKBOARD, servicer),
+            (COORDINATION, coordination_servicer),
+        ):
+            server.add_registered_method_handlers(
+                service.full_name, method_handlers(service, implementation)
+            )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for name in HEALTH_SERVICES:  # the servicer starts SERVING: not before we are

@@ -82,6 +82,10 @@ class Settings:
     # Under load, a stream gets at most one message per this many ms, carrying
     # every event that came meanwhile; the first event after a quiet spell goes at once.
     subscriber_coalesce_ms: int = 10
+    # ...and a conversation's subscribers together get at most about this many stream
+    # messages a second: with many subscribers, wake-ups come further apart and each
+    # message carries more events, instead of the messages taking every core (0: no bound).
+    fanout_messages_per_s: int = 10_000
     snapshot_chunk: int = 500  # entries per snapshot message
     progress_interval_s: float = 5.0
     feed_buffer: int = 4096  # recent events each conversation keeps in memory for fan-out
@@ -228,6 +232,9 @@ def validated(settings: Settings) -> Settings:
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name}: must be positive")
+    for name in ("subscriber_coalesce_ms", "fanout_messages_per_s"):
+        if getattr(settings, name) < 0:
+            raise SettingsError(f"{name}: must not be negative")
     _validate_workers(settings, int(port))
     if settings.session_ttl_ms > settings.max_session_ttl_ms:
         raise SettingsError("session_ttl_ms: must not exceed max_session_ttl_ms")

@@ -65,7 +65,10 @@ def _checked(behaviour: Callable[[Any, Any], Awaitable[Any]]) -> Callable[..., A
     return handle
 
 
-def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
+def method_handlers(
+    service: ServiceDescriptor, servicer: object
+) -> dict[str, grpc.RpcMethodHandler[Any, Any]]:
+    """Each method of `service`, by name, as `servicer` implements it."""
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         behaviour = getattr(servicer, method.name, None)
@@ -78,4 +81,10 @@ def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.Generi
             request_deserializer=_parser(request),
             response_serializer=_serialize,
         )
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+    return handlers
+
+
+def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        service.full_name, method_handlers(service, servicer)
+    )

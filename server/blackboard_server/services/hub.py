@@ -42,7 +42,12 @@ class Feed:
     """
 
     def __init__(
-        self, ref: ConversationRef, head: int, capacity: int, coalesce_s: float = 0.0
+        self,
+        ref: ConversationRef,
+        head: int,
+        capacity: int,
+        coalesce_s: float = 0.0,
+        messages_per_s: float = 0.0,
     ) -> None:
         self.ref = ref
         self.head = head  # every revision up to here is known (in memory or in the log)
@@ -51,6 +56,7 @@ class Feed:
         self._events: deque[Event] = deque(maxlen=capacity)
         self._wire: deque[bytes] = deque(maxlen=capacity)
         self._coalesce = coalesce_s
+        self._messages_per_s = messages_per_s
         self._woken_at = 0.0
         self._pending_wake: asyncio.TimerHandle | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -94,11 +100,20 @@ class Feed:
         if not self._waiters or self._pending_wake is not None:
             return  # nobody waits, or a wake-up is already due
         loop = asyncio.get_running_loop()
-        due = self._woken_at + self._coalesce
+        due = self._woken_at + self.wake_interval
         if loop.time() >= due:
             self.tick()
         else:
             self._pending_wake = loop.call_at(due, self.tick)
+
+    @property
+    def wake_interval(self) -> float:
+        """Seconds at least between wake-ups under load: `coalesce_s`, or longer when
+        that many subscribers woken as often would take more than `messages_per_s`
+        stream messages a second."""
+        if not self._messages_per_s:
+            return self._coalesce
+        return max(self._coalesce, self.subscribers / self._messages_per_s)
 
     def tick(self) -> None:
         """Wakes every waiter, WAKE_CHUNK of them per pass of the event loop.
@@ -149,9 +164,24 @@ class Feed:
         """Returns once the head has passed `after`, the feed ended, or a tick came."""
         if self.head > after or self.gone or self.closing:
             return
+        await self._queue()
+
+    async def turn(self) -> None:
+        """Waits for the next wake-up, due now if `coalesce_s` has passed since the last.
+
+        A subscriber that has just written a message and still has events to send
+        queues here instead of writing again at once: each stream gets one message
+        per wake-up, the streams take turns in order, and what comes meanwhile
+        goes in its next message.
+        """
+        waiter = self._queue()
+        self._wake()
+        await waiter
+
+    def _queue(self) -> asyncio.Future[None]:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        await waiter  # a cancelled waiter cancels only its own future
+        return waiter  # a cancelled waiter cancels only its own future
 
 
 class Hub:
@@ -164,6 +194,7 @@ class Hub:
         poll_interval_s: float,
         tick_interval_s: float,
         coalesce_s: float = 0.0,
+        messages_per_s: float = 0.0,
     ) -> None:
         self._store = store
         self._encode = encoder
@@ -171,6 +202,7 @@ class Hub:
         self._poll = poll_interval_s
         self._tick = tick_interval_s
         self._coalesce = coalesce_s
+        self._messages_per_s = messages_per_s
         self._feeds: dict[ConversationRef, Feed] = {}
         self._pumps: dict[ConversationRef, asyncio.Task[None]] = {}
         self._running_pumps: set[asyncio.Task[None]] = set()  # also those already detached
@@ -230,7 +262,7 @@ class Hub:
         existing = self._feeds.get(ref)
         if existing is not None:  # another subscriber opened it while we awaited
             return existing
-        feed = Feed(ref, head, self._capacity, self._coalesce)
+        feed = Feed(ref, head, self._capacity, self._coalesce, self._messages_per_s)
         if self._closing:
             feed.end(closing=True)
         self._feeds[ref] = feed

@@ -185,6 +185,8 @@ class Subscriptions:
                     yield batch
                     self._delivered(batch, lag)  # the caller wrote it before asking for more
                     quiet_since = time.monotonic()
+                    if feed.head > cursor:
+                        await feed.turn()  # behind the streams waiting for this wake-up
                     continue
             if time.monotonic() - quiet_since >= interval:
                 yield Progress(max(cursor, feed.head))
