@@ -110,8 +110,9 @@ async def follow(
             elif kind == "reset":
                 stream.resets += 1
     except grpc.aio.AioRpcError as error:
-        if error.code() != grpc.StatusCode.CANCELLED:
-            stream.error = f"{error.code().name}: {error.details()}"
+        # Our own cancellation of the task arrives as CancelledError, not here: a
+        # CANCELLED status came from the server or the connection, and is an error.
+        stream.error = f"{error.code().name}: {error.details()}"
     finally:
         stream.caught_up.set()  # ended: nothing more will come
         synced.set()

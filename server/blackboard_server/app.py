@@ -177,6 +177,12 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.max_receive_message_length", settings.max_request_bytes),
         ("grpc.max_send_message_length", max(settings.max_request_bytes, 64 << 20)),
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
+        # Calls that arrived but that the server has not yet taken up: past the
+        # soft limit gRPC cancels new ones at random, past the hard limit all. Its
+        # defaults (1000 / 3000) cancel subscribers when a few thousand reconnect
+        # at once, e.g. to the replicas left after one goes away.
+        ("grpc.server.max_pending_requests", settings.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * settings.max_pending_calls),
     ]
     if settings.max_connection_age_s:
         options.append(("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)))

@@ -86,6 +86,9 @@ class Settings:
     # messages a second: with many subscribers, wake-ups come further apart and each
     # message carries more events, instead of the messages taking every core (0: no bound).
     fanout_messages_per_s: int = 10_000
+    # Calls arrived and not yet taken up by the server before gRPC starts refusing
+    # (cancelling) new ones; twice this refuses all.
+    max_pending_calls: int = 20_000
     snapshot_chunk: int = 500  # entries per snapshot message
     progress_interval_s: float = 5.0
     feed_buffer: int = 4096  # recent events each conversation keeps in memory for fan-out
@@ -229,6 +232,7 @@ def validated(settings: Settings) -> Settings:
         "session_ttl_ms",
         "max_session_ttl_ms",
         "max_wait_ms",
+        "max_pending_calls",
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name}: must be positive")

@@ -362,6 +362,40 @@ async def test_a_stalled_write_ends_only_that_stream_with_its_resume_point(
         assert resumed.revisions == list(range(last + 1, 301))
 
 
+async def test_thousands_of_subscribers_arriving_at_once_all_start(
+    server_process: ServerProcess,
+) -> None:
+    # More calls than gRPC's own default bound on calls waiting to be taken up
+    # (1000, with random refusals up to 3000), as when a replica's subscribers
+    # all reconnect to another.
+    channels = [grpc.aio.insecure_channel(server_process.address) for _ in range(5)]
+    stubs = [pb_grpc.BlackboardStub(c) for c in channels]
+    try:
+        conv = await new_conv(stubs[0])
+        await put(stubs[0], conv, "k", "v")
+
+        async def until_synced(stub: pb_grpc.BlackboardStub) -> int:
+            call = stub.Subscribe(pb.SubscribeRequest(conversation_id=conv))
+            async for message in call:
+                if message.WhichOneof("message") == "synced":
+                    call.cancel()
+                    return message.synced.revision
+            return -1
+
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(
+                *(until_synced(stubs[i % 5]) for i in range(2500)), return_exceptions=True
+            ),
+            120,
+        )
+        failed = [o for o in outcomes if not isinstance(o, int)]
+        assert failed == [], f"{len(failed)} of 2500 failed, e.g. {failed[0]!r}"
+        assert set(outcomes) == {1}
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 async def test_shutdown_ends_streams_resumably(make_server: Any) -> None:
     async with make_server(shutdown_grace_s=2) as running:
         channel = grpc.aio.insecure_channel(running.address)
