@@ -149,6 +149,7 @@ async def open_store(settings: Settings) -> StateStore:
         dedupe_window_ms=window_ms,
         timeout_s=settings.redis_timeout_s,
         durability=redis_durability(settings),
+        connections=settings.redis_connections,
     )
 
 

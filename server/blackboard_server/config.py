@@ -89,6 +89,8 @@ class Settings:
     # Calls arrived and not yet taken up by the server before gRPC starts refusing
     # (cancelling) new ones; twice this refuses all.
     max_pending_calls: int = 20_000
+    # Reads through redis-py in flight at once (per cluster node); more wait their turn.
+    redis_connections: int = 64
     snapshot_chunk: int = 500  # entries per snapshot message
     progress_interval_s: float = 5.0
     feed_buffer: int = 4096  # recent events each conversation keeps in memory for fan-out
@@ -233,6 +235,7 @@ def validated(settings: Settings) -> Settings:
         "max_session_ttl_ms",
         "max_wait_ms",
         "max_pending_calls",
+        "redis_connections",
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name}: must be positive")

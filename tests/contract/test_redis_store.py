@@ -267,3 +267,19 @@ async def test_a_store_closed_right_after_connecting_closes(
         closing.result()
         readers = [t for t in asyncio.all_tasks() if t.get_name().startswith("redis-pubsub")]
         assert all(t.done() for t in readers), f"a reader outlived aclose ({yields} yields)"
+
+
+async def test_more_reads_at_once_than_connections_wait_their_turn(own_redis: RedisServer) -> None:
+    # redis-py's pool refuses ("Too many connections") once all its connections
+    # are taken; the store makes the extra calls wait instead, as a burst of
+    # thousands of subscribers' snapshot reads needs.
+    async with await RedisStore.connect(own_redis.url, connections=4) as store:
+        ref = ConversationRef("acme", "many-readers")
+        await store.create_conversation(ref, {}, 0, 1)
+        await put(store, ref, "k", 2)
+        snapshots = await asyncio.gather(*(store.read(ref, "", "", 10) for _ in range(500)))
+        assert {(s.revision, tuple(e.key for e in s.entries)) for s in snapshots} == {(1, ("k",))}
+        async with Redis.from_url(own_redis.url) as admin:
+            clients = await admin.client_list()
+        # Ours: at most the 4 the reads shared, the pipe, the notification reader.
+        assert len(clients) <= 4 + 2 + 1  # + the admin connection itself

@@ -41,7 +41,7 @@ TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
 
 
 async def open_redis(
-    access: RedisAccess, durability: Durability, timeout_s: float
+    access: RedisAccess, durability: Durability, timeout_s: float, max_connections: int = 80
 ) -> tuple[Redis | RedisCluster, ScriptPipe | ClusterPipe, Notifications]:
     """redis-py's client (reads), the pipe (writes) and the notification readers."""
     # No retries inside redis-py: a retried script that did run would
@@ -50,6 +50,7 @@ async def open_redis(
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
+        max_connections=max_connections,
     )
     try:
         replicas = await _first_contact(client, access, durability, timeout_s)

@@ -76,6 +76,8 @@ MAX_NOTIFY_PAYLOAD = 64 * 1024
 _LUA = Path(__file__).with_name("lua")
 _KEYS_CACHED = 4096  # conversations whose key names are kept, not rebuilt per call
 _FAST = Durability()
+CONNECTIONS = 64  # redis-py calls in flight at once (per node of a cluster)
+POOL_SPARE = 16  # connections beyond those, for calls made outside the guard
 
 
 class RedisStore:
@@ -89,8 +91,12 @@ class RedisStore:
         dedupe_window_ms: int,
         prefix: str,
         timeout_s: float,
+        connections: int = CONNECTIONS,
     ) -> None:
         self._client = client
+        # Calls through redis-py wait here for one of its connections: its pool
+        # refuses ("Too many connections") rather than waits once all are taken.
+        self._connections = asyncio.Semaphore(connections)
         self._pipe = pipe
         self._notifications = notifications
         self._retention = retention
@@ -130,6 +136,7 @@ class RedisStore:
         prefix: str = "bb",
         timeout_s: float = 5.0,
         durability: Durability = _FAST,
+        connections: int = CONNECTIONS,
     ) -> RedisStore:
         """Connects to one Redis or a cluster (redis_access.py lists the URLs).
 
@@ -137,7 +144,9 @@ class RedisStore:
         when it refuses the credentials or is not configured for `durability`.
         """
         access = url if isinstance(url, RedisAccess) else RedisAccess.of(url)
-        client, pipe, notifications = await open_redis(access, durability, timeout_s)
+        client, pipe, notifications = await open_redis(
+            access, durability, timeout_s, connections + POOL_SPARE
+        )
         return cls(
             client,
             pipe,
@@ -146,6 +155,7 @@ class RedisStore:
             dedupe_window_ms=dedupe_window_ms,
             prefix=prefix,
             timeout_s=timeout_s,
+            connections=connections,
         )
 
     @property
@@ -169,7 +179,10 @@ class RedisStore:
     async def _guard(self, timeout_s: float | None = None) -> AsyncIterator[None]:
         """Bounds a call by the timeout and reports Redis trouble as BackendUnavailable."""
         try:
-            async with asyncio.timeout(self._timeout_s if timeout_s is None else timeout_s):
+            async with (
+                asyncio.timeout(self._timeout_s if timeout_s is None else timeout_s),
+                self._connections,
+            ):
                 yield
         except (RedisConnectionError, RedisTimeoutError, TimeoutError, OSError) as exc:
             # The pool's other idle connections were very likely cut by the same
