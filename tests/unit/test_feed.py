@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from blackboard_server.domain.model import ConversationRef, Event, Provenance
-from blackboard_server.services.hub import WAKE_CHUNK, Feed
+from blackboard_server.services.hub import WAKE_CHUNK, Feed, Releaser
 
 REF = ConversationRef("t", "c")
 
@@ -26,21 +26,43 @@ async def test_a_tick_wakes_waiters_in_order_one_chunk_per_loop_pass() -> None:
     await asyncio.sleep(0)  # every waiter is queued
     assert woken == []
     feed.advance(event(1), b"")
-    # A woken waiter's task runs in the pass after its wake-up; the next chunk is
-    # woken in that same pass, and so on.
+    # The first chunk is woken in the pass after the tick, and its tasks run in the
+    # pass after that, while the next chunk is woken; and so on.
     progress = []
     for _ in range(6):
         await asyncio.sleep(0)
         progress.append(len(woken))
     assert progress == [
+        0,
         WAKE_CHUNK,
         2 * WAKE_CHUNK,
         3 * WAKE_CHUNK,
         3 * WAKE_CHUNK + 5,
         3 * WAKE_CHUNK + 5,
-        3 * WAKE_CHUNK + 5,
     ]
     assert woken == sorted(woken)
+    await asyncio.gather(*tasks)
+
+
+async def test_feeds_sharing_a_releaser_wake_one_chunk_per_pass_between_them() -> None:
+    releaser = Releaser()
+    feeds = [Feed(ConversationRef("t", f"c{i}"), 0, 16, releaser=releaser) for i in range(3)]
+    woken: list[tuple[int, int]] = []
+
+    async def waiter(f: int, i: int) -> None:
+        await feeds[f].wait(0)
+        woken.append((f, i))
+
+    tasks = [asyncio.create_task(waiter(f, i)) for f in range(3) for i in range(WAKE_CHUNK)]
+    await asyncio.sleep(0)
+    for feed in feeds:  # three conversations written to in the same pass
+        feed.advance(event(1), b"")
+    progress = []
+    for _ in range(5):
+        await asyncio.sleep(0)
+        progress.append(len(woken))
+    assert progress == [0, WAKE_CHUNK, 2 * WAKE_CHUNK, 3 * WAKE_CHUNK, 3 * WAKE_CHUNK]
+    assert [f for f, _ in woken] == sorted(f for f, _ in woken)  # in the order ticked
     await asyncio.gather(*tasks)
 
 

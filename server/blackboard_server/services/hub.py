@@ -27,7 +27,40 @@ Encoder = Callable[[Event], bytes]
 PAGE = 1000
 LATEST = 2**53  # an end revision past any head (Lua numbers are doubles)
 BATCH_CACHE = 16  # encoded stream messages a feed keeps for subscribers at the same cursor
-WAKE_CHUNK = 32  # subscribers a feed wakes per pass of the event loop
+WAKE_CHUNK = 32  # subscribers woken per pass of the event loop, over all feeds
+
+
+class Releaser:
+    """Wakes subscribers WAKE_CHUNK per pass of the event loop, in the order given.
+
+    Woken all at once, a thousand subscribers would each write a message in one
+    pass of the loop, and nothing else (a new call, a Put's reply) would run
+    until they all had. One releaser serves every feed of a hub, so a hundred
+    conversations ticking together are spread over passes the same way.
+    """
+
+    def __init__(self) -> None:
+        self._due: deque[asyncio.Future[None]] = deque()
+        self._scheduled = False
+
+    def wake(self, waiters: deque[asyncio.Future[None]]) -> None:
+        """Takes every waiter from `waiters`, to be woken from the next pass on
+        (so the ticks of one pass all join the same queue)."""
+        self._due.extend(waiters)
+        waiters.clear()
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._release)
+
+    def _release(self) -> None:
+        due = self._due
+        for _ in range(min(WAKE_CHUNK, len(due))):
+            waiter = due.popleft()
+            if not waiter.done():  # a cancelled waiter is skipped
+                waiter.set_result(None)
+        self._scheduled = bool(due)
+        if self._scheduled:
+            asyncio.get_running_loop().call_soon(self._release)
 
 
 class Feed:
@@ -48,6 +81,7 @@ class Feed:
         capacity: int,
         coalesce_s: float = 0.0,
         messages_per_s: float = 0.0,
+        releaser: Releaser | None = None,
     ) -> None:
         self.ref = ref
         self.head = head  # every revision up to here is known (in memory or in the log)
@@ -59,8 +93,8 @@ class Feed:
         self._messages_per_s = messages_per_s
         self._woken_at = 0.0
         self._pending_wake: asyncio.TimerHandle | None = None
-        self._waiters: deque[asyncio.Future[None]] = deque()
-        self._to_release = 0  # waiters the last tick has yet to wake
+        self._waiters: deque[asyncio.Future[None]] = deque()  # for the next wake-up
+        self._releaser = releaser or Releaser()
         self.kick = asyncio.Event()  # asks the pump to read the log
         self.subscribers = 0
         self.detached = False  # the last subscriber left: its pump stops
@@ -116,34 +150,15 @@ class Feed:
         return max(self._coalesce, self.subscribers / self._messages_per_s)
 
     def tick(self) -> None:
-        """Wakes every waiter, WAKE_CHUNK of them per pass of the event loop.
-
-        Woken all at once, a thousand subscribers would each write a message in
-        one pass of the loop, and nothing else (a new call, a Put's reply) would
-        run until they all had. Waiters are woken in the order they began to
-        wait, so under load every stream gets its turn before any gets two.
-        """
+        """Wakes every waiter now, in the order they began to wait (through the
+        releaser: a chunk per loop pass), so under load every stream gets its turn
+        before any gets two."""
         if self._pending_wake is not None:
             self._pending_wake.cancel()
             self._pending_wake = None
         if self._waiters:
-            loop = asyncio.get_running_loop()
-            self._woken_at = loop.time()
-            releasing = self._to_release > 0
-            self._to_release = len(self._waiters)
-            if not releasing:
-                self._release()
-
-    def _release(self) -> None:
-        waiters = self._waiters
-        for _ in range(min(WAKE_CHUNK, self._to_release, len(waiters))):
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-            self._to_release -= 1
-        self._to_release = min(self._to_release, len(waiters))
-        if self._to_release > 0:
-            asyncio.get_running_loop().call_soon(self._release)
+            self._woken_at = asyncio.get_running_loop().time()
+            self._releaser.wake(self._waiters)
 
     def since(self, after: int, limit: int) -> tuple[list[Event], list[bytes]] | None:
         """Events after revision `after` held in memory; None if they are older than that."""
@@ -203,6 +218,7 @@ class Hub:
         self._tick = tick_interval_s
         self._coalesce = coalesce_s
         self._messages_per_s = messages_per_s
+        self._releaser = Releaser()
         self._feeds: dict[ConversationRef, Feed] = {}
         self._pumps: dict[ConversationRef, asyncio.Task[None]] = {}
         self._running_pumps: set[asyncio.Task[None]] = set()  # also those already detached
@@ -262,7 +278,7 @@ class Hub:
         existing = self._feeds.get(ref)
         if existing is not None:  # another subscriber opened it while we awaited
             return existing
-        feed = Feed(ref, head, self._capacity, self._coalesce, self._messages_per_s)
+        feed = Feed(ref, head, self._capacity, self._coalesce, self._messages_per_s, self._releaser)
         if self._closing:
             feed.end(closing=True)
         self._feeds[ref] = feed
