@@ -13,6 +13,13 @@ from blackboard_server.app import serve
 from blackboard_server.config import Settings, SettingsError
 from blackboard_server.domain.errors import BackendUnavailable
 
+# Each open stream holds ~70 objects that live as long as it does (its task,
+# frames, futures), so with 10,000 streams a full collection walks ~720,000
+# objects and stalls every call for ~460 ms. Python's thresholds (700, 10, 10)
+# ran one every few seconds there; these make young collections rarer and
+# full ones rarer still (measured: write p99 583 -> 23 ms beside 10,000 streams).
+GC_THRESHOLDS = (10_000, 5, 1000)
+
 
 async def _run(settings: Settings) -> None:
     stop = asyncio.Event()
@@ -26,6 +33,7 @@ async def _run(settings: Settings) -> None:
             # only what serving allocated, and stalls calls for less.
             gc.collect()
             gc.freeze()
+            gc.set_threshold(*GC_THRESHOLDS)
             await stop.wait()
     finally:
         logs.flush()
