@@ -291,6 +291,23 @@ async def test_cut_at_random_points_and_resumed_sees_exactly_the_uncut_stream(
     assert [e.SerializeToString() for e in seen] == [e.SerializeToString() for e in uncut.events]
 
 
+def ended_slow(recorder: Recorder) -> int:
+    """The resume point of a stream ended SLOW_SUBSCRIBER; it saw exactly 1..that."""
+    assert recorder.error is not None
+    assert recorder.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    info, _ = details(recorder.error)
+    assert info.reason == "SLOW_SUBSCRIBER"
+    last = int(info.metadata["last_revision"])
+    assert recorder.revisions == list(range(1, last + 1))
+    return last
+
+
+async def resumes_from(stub: Stub, conv: str, start: int, head: int) -> None:
+    resumed = Recorder(stub, pb.SubscribeRequest(conversation_id=conv, start_revision=start))
+    await resumed.read(until=lambda r: r.revisions and r.revisions[-1] == head)
+    assert resumed.revisions == list(range(start, head + 1))
+
+
 async def test_slow_subscriber_is_ended_with_its_resume_point(make_server: Any) -> None:
     async with (
         make_server(
@@ -308,15 +325,8 @@ async def test_slow_subscriber_is_ended_with_its_resume_point(make_server: Any) 
         for i in range(400):
             await put(stub, conv, f"k{i % 5}", blob)
         await recorder.read()
-        assert recorder.error is not None
-        assert recorder.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        info, _ = details(recorder.error)
-        assert info.reason == "SLOW_SUBSCRIBER"
-        last = int(info.metadata["last_revision"])
-        assert recorder.revisions == list(range(1, last + 1))
-        resumed = Recorder(stub, pb.SubscribeRequest(conversation_id=conv, start_revision=last + 1))
-        await resumed.read(until=lambda r: r.revisions and r.revisions[-1] == 400)
-        assert resumed.revisions == list(range(last + 1, 401))
+        last = ended_slow(recorder)
+        await resumes_from(stub, conv, last + 1, 400)
 
 
 async def test_a_stalled_write_ends_only_that_stream_with_its_resume_point(
@@ -346,20 +356,13 @@ async def test_a_stalled_write_ends_only_that_stream_with_its_resume_point(
             await put(stub, conv, f"k{i % 5}", blob)
         await asyncio.sleep(2.5)  # more than the timeout and the watchdog's period
         await stalled.read()
-        assert stalled.error is not None
-        assert stalled.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        info, _ = details(stalled.error)
-        assert info.reason == "SLOW_SUBSCRIBER"
-        last = int(info.metadata["last_revision"])
+        last = ended_slow(stalled)
         assert 0 < last < 300
-        assert stalled.revisions == list(range(1, last + 1))
         # The stream that kept reading was not touched and has everything.
         assert not reading.done()
         assert reader.revisions == list(range(1, 301))
         reading.cancel()
-        resumed = Recorder(stub, pb.SubscribeRequest(conversation_id=conv, start_revision=last + 1))
-        await resumed.read(until=lambda r: r.revisions and r.revisions[-1] == 300)
-        assert resumed.revisions == list(range(last + 1, 301))
+        await resumes_from(stub, conv, last + 1, 300)
 
 
 async def test_thousands_of_subscribers_arriving_at_once_all_start(
