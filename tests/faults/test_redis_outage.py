@@ -151,7 +151,12 @@ async def test_durable_redis_killed_under_load_loses_nothing_acknowledged(
     )
     assert outcome.verdict.ok, outcome.verdict.summary()
     assert unknown, "no call met the outage: it proved nothing"
-    assert {r["error"].split(":")[0] for r in unknown} <= {"Unavailable", "BackendUnavailable"}
+    unexpected = [
+        r["error"]
+        for r in unknown
+        if r["error"].split(":")[0] not in ("Unavailable", "BackendUnavailable")
+    ]
+    assert not unexpected, f"{len(unexpected)} failed otherwise, e.g. {unexpected[:3]}"
     assert all(r["at"] - ops[r["op"]]["at"] < deadline + 1.0 for r in unknown)
     assert after, "the service did not come back by itself"
     assert all(s.revision >= outcome.revisions[s.conv] > 0 for s in outcome.subscribers)

@@ -37,7 +37,10 @@ from blackboard_server.config import SettingsError
 from blackboard_server.domain.errors import BackendUnavailable
 
 # Redis replies that mean "not now" rather than "wrong": the caller may retry.
-TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM")
+# LOADING: a restarted Redis still reading its AOF or RDB (redis-py raises its own
+# BusyLoadingError, but the pipe parses replies itself); NOREPLICAS: fewer replicas
+# than min-replicas-to-write are connected.
+TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM", "LOADING", "NOREPLICAS")
 
 
 async def open_redis(
