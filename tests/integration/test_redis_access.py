@@ -124,18 +124,23 @@ async def exercise(address: str) -> None:
         await bb.DeleteConversation(pb.DeleteConversationRequest(id=conv))
 
 
-async def test_the_server_runs_as_the_documented_acl_user(
-    secured: RedisServer, password_file: Path, tmp_path: Path
-) -> None:
-    server = ServerProcess(
-        tmp_path / "server",
-        *("--redis-url", f"redis://blackboard@127.0.0.1:{secured.port}/0"),
-        *("--redis-password-file", str(password_file), "--log-level", "debug"),
-    ).start()
+async def exercise_server(tmp_path: Path, *flags: str) -> None:
+    """Starts the server with `flags`, runs `exercise` against it, stops it."""
+    server = ServerProcess(tmp_path / "server", *flags).start()
     try:
         await exercise(server.address)
     finally:
         server.stop()
+
+
+async def test_the_server_runs_as_the_documented_acl_user(
+    secured: RedisServer, password_file: Path, tmp_path: Path
+) -> None:
+    await exercise_server(
+        tmp_path,
+        *("--redis-url", f"redis://blackboard@127.0.0.1:{secured.port}/0"),
+        *("--redis-password-file", str(password_file), "--log-level", "debug"),
+    )
     assert acl_log(secured.port) == ""
     log = (tmp_path / "server" / "server.log").read_text()
     assert "durability" in log and PASSWORD not in log
@@ -147,11 +152,7 @@ async def test_the_server_runs_as_the_documented_acl_user_on_a_cluster(tmp_path:
         for node in cluster.nodes:
             cli(node.port, *documented_acl(PASSWORD), password="")
         url = cluster.url.replace("://", f"://blackboard:{PASSWORD}@")
-        server = ServerProcess(tmp_path / "server", "--redis-url", url).start()
-        try:
-            await exercise(server.address)
-        finally:
-            server.stop()
+        await exercise_server(tmp_path, "--redis-url", url)
         assert all(cli(n.port, "ACL", "LOG", password="").strip() == "" for n in cluster.nodes)
         log = (tmp_path / "server" / "server.log").read_text()
         assert '"wait_replicas":1' in log  # durable, and every primary has a replica
@@ -244,16 +245,12 @@ async def test_tls_with_a_client_certificate(
     tls_redis: tuple[RedisServer, int, dict[str, Path]], tmp_path: Path
 ) -> None:
     _, port, files = tls_redis
-    server = ServerProcess(
-        tmp_path / "server",
+    await exercise_server(
+        tmp_path,
         *("--redis-url", f"rediss://127.0.0.1:{port}/0"),
         *("--redis-tls-ca-file", str(files["ca"])),
         *("--redis-tls-cert-file", str(files["cert"]), "--redis-tls-key-file", str(files["key"])),
-    ).start()
-    try:
-        await exercise(server.address)
-    finally:
-        server.stop()
+    )
 
 
 def test_tls_without_the_client_certificate_or_with_the_wrong_ca_fails_to_start(
@@ -282,14 +279,10 @@ async def test_tls_on_a_cluster(tmp_path: Path) -> None:
         tmp_path / "cluster", tls=(ca[0], *make_certificate(tmp_path, "redis", ca))
     ).start()
     try:
-        server = ServerProcess(
-            tmp_path / "server",
+        await exercise_server(
+            tmp_path,
             *("--redis-url", cluster.tls_url, "--redis-tls-ca-file", str(ca[0])),
             *("--durability", "fast"),
-        ).start()
-        try:
-            await exercise(server.address)
-        finally:
-            server.stop()
+        )
     finally:
         cluster.stop()

@@ -44,7 +44,7 @@ TRANSIENT = ("BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "OOM", "LOADING", 
 
 
 async def open_redis(
-    access: RedisAccess, durability: Durability, timeout_s: float, max_connections: int = 80
+    access: RedisAccess, durability: Durability, timeout_s: float, max_connections: int
 ) -> tuple[Redis | RedisCluster, ScriptPipe | ClusterPipe, Notifications]:
     """redis-py's client (reads), the pipe (writes) and the notification readers."""
     # No retries inside redis-py: a retried script that did run would

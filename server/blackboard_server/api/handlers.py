@@ -82,9 +82,3 @@ def method_handlers(
             response_serializer=_serialize,
         )
     return handlers
-
-
-def generic_handler(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
-    return grpc.method_handlers_generic_handler(
-        service.full_name, method_handlers(service, servicer)
-    )
