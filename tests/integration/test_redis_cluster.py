@@ -178,9 +178,12 @@ async def test_a_conversation_moved_to_another_shard_keeps_its_writes_and_subscr
                             asyncio.to_thread(migrate_slot, cluster, keys.meta, target)
                         )
                     value = pb.Value(data=str(n).encode())
-                    await bb.Put(pb.PutRequest(conversation_id=conv, key="k", value=value))
+                    await bb.Put(
+                        pb.PutRequest(conversation_id=conv, key="k", value=value), timeout=10
+                    )
                     await asyncio.sleep(0.01)
-                await moving
+                async with asyncio.timeout(30):
+                    await moving
 
             await write()
             await wait_until(lambda: len(recorder.events) == total)
@@ -191,7 +194,7 @@ async def test_a_conversation_moved_to_another_shard_keeps_its_writes_and_subscr
             )
             assert channel not in cluster.cli(source, "PUBSUB", "SHARDCHANNELS")
             value = pb.Value(data=str(total).encode())
-            await bb.Put(pb.PutRequest(conversation_id=conv, key="k", value=value))
+            await bb.Put(pb.PutRequest(conversation_id=conv, key="k", value=value), timeout=10)
             async with asyncio.timeout(30):
                 await reading
         assert cluster.node_of(keys.meta).port == target.port
