@@ -1,8 +1,8 @@
-"""What the observing interceptor adds to each unary call, without the network:
+"""What the call observer adds to each unary call, without the network:
 
     python -m tests.bench_observe [--calls 100000] 2>/dev/null
 
-Times `ObservingInterceptor._finish` for a successful Put (the gRPC metrics,
+Times `CallObserver._finish` for a successful Put (the gRPC metrics,
 the write outcome and the access line), with the access line on (`info`) and
 off (`warning`), and the metrics alone. Lines go to stderr in batches: send
 stderr to /dev/null. A microbenchmark: per call on one core, the best of five
@@ -18,7 +18,7 @@ from typing import Any
 
 from blackboard.v1 import blackboard_pb2 as pb
 from blackboard_server import logs
-from blackboard_server.api.observe import ObservingInterceptor, _Method
+from blackboard_server.api.observe import CallObserver, _Method
 from blackboard_server.metrics import Metrics
 
 
@@ -30,7 +30,7 @@ class _Context:
 def per_call_us(level: str, calls: int) -> float:
     logs.configure(level, "json")
     metrics = Metrics()
-    observing = ObservingInterceptor(metrics, None, tenant="default")
+    observing = CallObserver(metrics, None, tenant="default")
     method = _Method("/blackboard.v1.Blackboard/Put", "unary", metrics)
     request = pb.PutRequest(conversation_id="c1", key="k", value=pb.Value(data=b"v" * 100))
     response = pb.WriteResult(revision=1, key="k", version=1, create_revision=1)

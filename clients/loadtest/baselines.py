@@ -62,8 +62,13 @@ async def drive(
     return summary
 
 
-async def echo_baseline(shape: Shape, workdir: Path, channels: int) -> dict[str, Any]:
-    proc, address = await start_server(workdir, "echo", [], module="loadtest.echo")
+async def echo_baseline(
+    shape: Shape, workdir: Path, channels: int, redis: tuple[str, dict[str, int]] | None = None
+) -> dict[str, Any]:
+    """The bare echo; with `redis` (its URL and pids), the echo that first makes
+    one Redis script call (loadtest/echo.py)."""
+    flags, pids = ([], {}) if redis is None else (["--redis-url", redis[0]], redis[1])
+    proc, address = await start_server(workdir, "echo", flags, module="loadtest.echo")
     try:
         ep = Endpoint(address)
         chans = [ep.channel() for _ in range(channels)]
@@ -78,7 +83,7 @@ async def echo_baseline(shape: Shape, workdir: Path, channels: int) -> dict[str,
         async def call(worker: int, seq: int) -> Any:
             return await calls[worker % len(calls)](request, timeout=30)
 
-        result = await drive(shape, "echo", call, {"server": proc.pid})
+        result = await drive(shape, "echo", call, {"server": proc.pid, **pids})
         for c in chans:
             await c.close()
         return result

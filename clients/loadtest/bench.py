@@ -121,6 +121,13 @@ async def _echo(b: Bench) -> dict[str, Any]:
     return await echo_baseline(b.shape(), b.workdir, 1)
 
 
+@phase("echo_redis", server="none")
+async def _echo_redis(b: Bench) -> dict[str, Any]:
+    """The echo after one Redis script call that does nothing: the floor under a Put."""
+    redis = (b.redis_url, {"redis": b.pids["redis"]})
+    return await echo_baseline(b.shape(), b.workdir, 1, redis)
+
+
 @phase("put")
 async def _put(b: Bench) -> dict[str, Any]:
     return _unary(await _scenario(b, "write-heavy", b.shape(), keys=1), "put")

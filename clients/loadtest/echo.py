@@ -4,7 +4,13 @@ One generic handler, bytes in and bytes out (identity serializers), no servicer
 logic: what is left is the cost of grpc.aio itself on this machine. Serves the
 standard health service so the harness can wait for it like for the real server.
 
+With `--redis-url`, each call first makes one Redis script call that does
+nothing (`return 1`), over the same pipelined connection the store's commits
+use (adapters/redis_pipe.py): the floor under any Put that stores its write in
+Redis, with none of Blackboard's own work.
+
     python -m loadtest.echo --listen 127.0.0.1:PORT [--tls-cert CERT --tls-key KEY]
+                            [--redis-url redis://HOST:PORT]
 """
 
 from __future__ import annotations
@@ -12,24 +18,39 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from blackboard_server.adapters.redis_pipe import Endpoint, Script, ScriptPipe
+
 SERVICE = "loadtest.Echo"
 METHOD = f"/{SERVICE}/Echo"
+NOTHING = Script.of("loadtest-nothing", "return 1")
+Behaviour = Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], Awaitable[bytes]]
 
 
 async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
     return request
 
 
-async def serve(listen: str, tls: tuple[bytes, bytes] | None = None) -> None:
+def echo_after_redis(pipe: ScriptPipe) -> Behaviour:
+    async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await pipe.evalsha(NOTHING, ("loadtest:echo",))
+        return request
+
+    return call
+
+
+async def serve(listen: str, tls: tuple[bytes, bytes] | None = None, redis_url: str = "") -> None:
     """Serves until SIGTERM; `tls` is (private key, certificate chain), PEM."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    pipe = ScriptPipe(Endpoint.from_url(redis_url), timeout_s=30) if redis_url else None
+    behaviour = echo if pipe is None else echo_after_redis(pipe)
     handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
-        echo, request_deserializer=None, response_serializer=None
+        behaviour, request_deserializer=None, response_serializer=None
     )
     server.add_generic_rpc_handlers(
         [grpc.method_handlers_generic_handler(SERVICE, {"Echo": handler})]
@@ -48,6 +69,8 @@ async def serve(listen: str, tls: tuple[bytes, bytes] | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(1.0)
+    if pipe is not None:
+        await pipe.aclose()
 
 
 def main() -> None:
@@ -55,6 +78,7 @@ def main() -> None:
     parser.add_argument("--listen", required=True)
     parser.add_argument("--tls-cert", default="", help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", default="", help="and this private key (PEM)")
+    parser.add_argument("--redis-url", default="", help="one Redis script call per echo")
     args = parser.parse_args()
     tls = None
     if args.tls_cert:
@@ -62,9 +86,9 @@ def main() -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.listen, tls))
+        asyncio.run(serve(args.listen, tls, args.redis_url))
     else:
-        uvloop.run(serve(args.listen, tls))
+        uvloop.run(serve(args.listen, tls, args.redis_url))
 
 
 if __name__ == "__main__":

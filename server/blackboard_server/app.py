@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 import structlog
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -26,10 +27,10 @@ from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
 from blackboard_server.adapters.redis_access import RedisAccess, redact
 from blackboard_server.adapters.redis_durability import Durability
 from blackboard_server.api import convert
-from blackboard_server.api.auth import AuthInterceptor
+from blackboard_server.api.auth import AuthGate
 from blackboard_server.api.coordination_servicer import CoordinationServicer
-from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, method_handlers
-from blackboard_server.api.observe import ObservingInterceptor
+from blackboard_server.api.handlers import BLACKBOARD, COORDINATION, Registrar, method_handlers
+from blackboard_server.api.observe import CallObserver
 from blackboard_server.api.servicer import BlackboardServicer
 from blackboard_server.config import Settings, SettingsError
 from blackboard_server.metrics import Metrics, MetricsServer
@@ -51,6 +52,9 @@ if TYPE_CHECKING:
     from blackboard_server.adapters.etcd import EtcdSecurity
 
 log = structlog.get_logger("blackboard")
+# In the default pool once their modules are imported (above).
+HEALTH = descriptor_pool.Default().FindServiceByName("grpc.health.v1.Health")
+REFLECTION = descriptor_pool.Default().FindServiceByName(reflection.SERVICE_NAME)
 HEALTH_SERVICES = ("", BLACKBOARD.full_name, COORDINATION.full_name)
 
 
@@ -324,15 +328,11 @@ async def serve(
             limits=settings.limits,
             metrics=metrics,
         )
-        interceptors: list[grpc.aio.ServerInterceptor] = [
-            ObservingInterceptor(metrics, tracing, tenant=settings.tenant, verified=verified)
-        ]
-        if access is not None:
-            interceptors.append(AuthInterceptor(access))
-        server = grpc.aio.server(
-            interceptors=interceptors,
-            options=server_options(settings),
-        )
+        server = grpc.aio.server(options=server_options(settings))
+        # Every handler observed, then (outside in) admitted: wrapped once, here.
+        observer = CallObserver(metrics, tracing, tenant=settings.tenant, verified=verified)
+        layers = [observer.wrap] + ([] if access is None else [AuthGate(access).wrap])
+        registrar = Registrar(server, layers)
         # Registered, not generic: the server then waits for calls of each method
         # separately, so a flood of one method's calls does not queue the others'.
         coordination_servicer = CoordinationServicer(
@@ -342,21 +342,24 @@ async def serve(
             (BLACKBOARD, servicer),
             (COORDINATION, coordination_servicer),
         ):
-            server.add_registered_method_handlers(
+            registrar.add_registered_method_handlers(
                 service.full_name, method_handlers(service, implementation)
             )
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        registrar.add_registered_method_handlers(
+            HEALTH.full_name, method_handlers(HEALTH, health_servicer)
+        )
         for name in HEALTH_SERVICES:  # the servicer starts SERVING: not before we are
             await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        reflection.enable_server_reflection(
-            (
-                BLACKBOARD.full_name,
-                COORDINATION.full_name,
-                health.SERVICE_NAME,
-                reflection.SERVICE_NAME,
-            ),
-            server,
+        reflected = (
+            BLACKBOARD.full_name,
+            COORDINATION.full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        registrar.add_registered_method_handlers(
+            REFLECTION.full_name,
+            method_handlers(REFLECTION, reflection.aio.ReflectionServicer(reflected)),
         )
         port = add_port(server, settings, tls)
         metrics_port = 0

@@ -364,33 +364,14 @@ class _Context:
 async def test_a_served_method_missing_from_the_table_is_refused() -> None:
     import grpc
 
-    from blackboard_server.api.auth import AuthInterceptor
+    from blackboard_server.api.auth import AuthGate
 
     async def behaviour(request: object, context: object) -> bytes:
         raise AssertionError("the handler must not run")
 
     served = grpc.unary_unary_rpc_method_handler(behaviour)
-
-    async def continuation(details: object) -> object:
-        return served
-
-    class Details:
-        method = "/acme.v1.Extra/DoAnything"
-        invocation_metadata = ()
-
-    interceptor = AuthInterceptor(Access((), MemoryStore()))
-    handler = await interceptor.intercept_service(continuation, Details())  # type: ignore[arg-type]
+    handler = AuthGate(Access((), MemoryStore())).wrap("/acme.v1.Extra/DoAnything", served)
     context = _Context()
     with pytest.raises(_Aborted, match="not open to any role"):
         await handler.unary_unary(b"", context)
     assert context.code is grpc.StatusCode.PERMISSION_DENIED
-
-    async def nothing(details: object) -> None:
-        return None
-
-    class Unknown(Details):
-        method = "/acme.v1.Extra/NotServed"
-
-    # A method nobody serves is left to gRPC (UNIMPLEMENTED), and not remembered.
-    assert await interceptor.intercept_service(nothing, Unknown()) is None  # type: ignore[arg-type]
-    assert Unknown.method not in interceptor._wrapped

@@ -1,19 +1,19 @@
 """The one place where a call is let in or turned away.
 
-Installed only when `auth` is not none. Every method handler is wrapped once:
-before the handler runs, the wrapper looks the method up in
-`domain.auth.REQUIREMENTS` (a method not there is refused), authenticates the
-call's credentials (the `authorization: Bearer` header, the client
-certificate), checks the tenant the client may name in `x-tenant`, and
-authorizes the role on the conversation the request names. The verified
-identity is then in `IDENTITY` for the handler (api/servicer.py `caller`) and
-the access log (api/observe.py).
+Installed only when `auth` is not none. Every method handler is wrapped once,
+when the server registers it (api/handlers.py `Registrar`): before the handler
+runs, the wrapper looks the method up in `domain.auth.REQUIREMENTS` (a method
+not there is refused), authenticates the call's credentials (the
+`authorization: Bearer` header, the client certificate), checks the tenant the
+client may name in `x-tenant`, and authorizes the role on the conversation the
+request names. The verified identity is then in `IDENTITY` for the handler
+(api/servicer.py `caller`) and the access log (api/observe.py).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -52,28 +52,15 @@ def credentials(context: Context, certificates: bool) -> tuple[str, str, bytes]:
     return token, tenant, certificate
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthGate:
     def __init__(self, access: Access) -> None:
         self._access = access
-        self._wrapped: dict[str, Handler] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        method = handler_call_details.method
-        wrapped = self._wrapped.get(method)
-        if wrapped is None:
-            handler = await continuation(handler_call_details)
-            if handler is None:
-                # No such method: gRPC answers UNIMPLEMENTED. Not cached, nor given a
-                # handler of its own: the names come from clients.
-                return None  # type: ignore[return-value]
-            need = REQUIREMENTS.get(method)
-            wrapped = _refuse(method) if need is None else self._wrap(need, handler)
-            self._wrapped[method] = wrapped
-        return wrapped
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """`handler` of `method` (`/package.Service/Method`), admitting only the calls
+        `domain.auth.REQUIREMENTS` allows; a method not there is refused."""
+        need = REQUIREMENTS.get(method)
+        return _refuse(method) if need is None else self._admitting(need, handler)
 
     async def _admit(self, need: Requirement, request: Any, context: Context) -> None:
         """Returns when the call may proceed; otherwise aborts it with the reason."""
@@ -91,7 +78,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             await abort(context, error)
         IDENTITY.set(who)
 
-    def _wrap(self, need: Requirement, handler: Handler) -> Handler:
+    def _admitting(self, need: Requirement, handler: Handler) -> Handler:
         behaviour: Any
         if handler.unary_unary is not None:
             behaviour, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler

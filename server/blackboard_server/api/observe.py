@@ -1,7 +1,8 @@
-"""The server interceptor: one access log line, the gRPC metrics and a span per call.
+"""One access log line, the gRPC metrics and a span per call.
 
-Handlers stay thin: this wraps each method handler once (cached by method) so
-that every call, unary or streaming, is counted, timed and logged the same way.
+Handlers stay thin: this wraps each method handler once, when the server
+registers it (api/handlers.py `Registrar`), so that every call, unary or
+streaming, is counted, timed and logged the same way.
 Messages are counted in the (de)serializers, which run once per message in both
 directions. The hot path is a few counter increments, one histogram observation
 and, at info, one dict and one rendered line; with tracing off no span is made.
@@ -89,7 +90,7 @@ class _Method:
         return str(getattr(request, field)) if field else ""
 
 
-class ObservingInterceptor(grpc.aio.ServerInterceptor):
+class CallObserver:
     def __init__(
         self, metrics: Metrics, tracing: Tracing | None, *, tenant: str, verified: bool = False
     ) -> None:
@@ -102,27 +103,13 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         self._info = self._log.is_enabled_for(logging.INFO)
         self._debug = self._log.is_enabled_for(logging.DEBUG)
         self._line = logs.json_line_writer()
-        self._wrapped: dict[str, Handler | None] = {}
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        method = handler_call_details.method
-        try:
-            wrapped = self._wrapped[method]
-        except KeyError:
-            # Handlers are registered once at start: wrap each the first time it is called.
-            handler = await continuation(handler_call_details)
-            wrapped = self._wrapped[method] = self._wrap(method, handler) if handler else None
-        return wrapped  # type: ignore[return-value]  # None: grpc answers UNIMPLEMENTED
-
     # --- building wrapped handlers ------------------------------------------------
 
-    def _wrap(self, method: str, handler: Handler) -> Handler:
+    def wrap(self, method: str, handler: Handler) -> Handler:
+        """`handler` of `method` (`/package.Service/Method`), observed."""
         behaviour: Any
         if handler.unary_unary is not None:
             grpc_type, behaviour, make = "unary", handler.unary_unary, _unary_unary
