@@ -25,22 +25,21 @@ local publish = ARGV[8]
 local max_entries = tonumber(ARGV[9])
 local max_bytes = tonumber(ARGV[10])
 
-local head = redis.call('HGET', meta, 'rev')
-if not head then
+local state = redis.call('HMGET', meta, 'rev', 'compact')
+if not state[1] then
   return {'NOTFOUND'}
 end
-head = tonumber(head)
-
--- Forget a few expired request ids per write: bounded work; the lookup below
--- ignores any expired record this has not reached yet.
-local expired = redis.call('ZRANGEBYSCORE', reply_expiry, '-inf', num(now), 'LIMIT', 0, 16)
-if #expired > 0 then
-  redis.call('HDEL', replies, unpack(expired))
-  redis.call('ZREM', reply_expiry, unpack(expired))
-end
+local head, compact = tonumber(state[1]), tonumber(state[2])
 
 local request_id = batch[4]
 if request_id ~= '' then
+  -- Forget a few expired request ids per write that may add one: bounded work;
+  -- the lookup below ignores any expired record this has not reached yet.
+  local expired = redis.call('ZRANGEBYSCORE', reply_expiry, '-inf', num(now), 'LIMIT', 0, 16)
+  if #expired > 0 then
+    redis.call('HDEL', replies, unpack(expired))
+    redis.call('ZREM', reply_expiry, unpack(expired))
+  end
   local raw = redis.call('HGET', replies, request_id)
   if raw then
     local record = cmsgpack.unpack(raw)
@@ -238,7 +237,7 @@ for _, session in ipairs(ended_sessions) do
 end
 -- Remembered for the dedupe window, like request ids; forgotten by any commit.
 redis.call('ZREMRANGEBYSCORE', ended, '-inf', num(now - dedupe_window))
-add_usage(meta, usage, apply_changes(data, index, ttl, bindings, changes))
+add_usage(meta, usage, apply_changes(data, index, ttl, bindings, changes, lookup))
 local event = encode_event(revision, now, provenance, changes, coordination)
 local result = cmsgpack.pack({held, revision, results, compared})
 if request_id ~= '' then
@@ -246,7 +245,8 @@ if request_id ~= '' then
   redis.call('HSET', replies, request_id, cmsgpack.pack({fingerprint, result, expires}))
   redis.call('ZADD', reply_expiry, num(expires), request_id)
 end
-append_event(meta, log, revision, now, event, retention, channel, max_payload, publish)
+append_event(meta, log, revision, compact, now, event, retention, channel, max_payload,
+  publish)
 local earliest = -1
 if has_ttl then
   earliest = next_expiry(ttl)

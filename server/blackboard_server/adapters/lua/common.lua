@@ -63,16 +63,22 @@ local function encode_event(revision, now, provenance, changes, coordination)
 end
 
 -- c.entry_table is the decoded new entry, kept to index its expiry and its
--- session. The binding index is kept from the entry stored now, not
--- c.previous: one event may change a key twice.
--- Returns the bytes the changes add to the conversation's usage (domain/quota.py),
--- counted, like the bindings, from the entries stored now.
-local function apply_changes(data, index, ttl, bindings, changes)
-  local added = 0
+-- session. `before(key)` is the decoded entry stored at `key` before this
+-- write (nil when none): the caller has read it already. One event may change
+-- a key twice, so after the first change the entry stored now is tracked here;
+-- the binding index and the usage follow the entry stored now, not c.previous.
+-- The index holds exactly the stored keys, and the ttl index exactly the keys
+-- whose entry expires, so a key already stored is not added again, nor is an
+-- entry that never expired taken out.
+-- Returns the bytes the changes add to the conversation's usage (domain/quota.py).
+local function apply_changes(data, index, ttl, bindings, changes, before)
+  local added, stored = 0, {}
   for _, c in ipairs(changes) do
-    local current = redis.call('HGET', data, c.key)
+    local current = stored[c.key]
+    if current == nil then
+      current = before(c.key) or false
+    end
     if current then
-      current = cmsgpack.unpack(current)
       added = added - #c.key - #current[2]
       local session = current[8]
       if session ~= '' then
@@ -80,24 +86,26 @@ local function apply_changes(data, index, ttl, bindings, changes)
       end
     end
     if c.entry then
-      added = added + #c.key + #c.entry_table[2]
-    end
-    if c.entry and c.entry_table[8] ~= '' then
-      redis.call('ZADD', bindings, 0, c.entry_table[8] .. '\0' .. c.key)
-    end
-    if c.entry then
+      local entry = c.entry_table
+      added = added + #c.key + #entry[2]
+      if entry[8] ~= '' then
+        redis.call('ZADD', bindings, 0, entry[8] .. '\0' .. c.key)
+      end
       redis.call('HSET', data, c.key, c.entry)
-      redis.call('ZADD', index, 0, c.key)
-      local expires = c.entry_table[7]
-      if expires ~= 0 then
-        redis.call('ZADD', ttl, num(expires), c.key)
-      else
+      if not current then
+        redis.call('ZADD', index, 0, c.key)
+      end
+      if entry[7] ~= 0 then
+        redis.call('ZADD', ttl, num(entry[7]), c.key)
+      elseif current and current[7] ~= 0 then
         redis.call('ZREM', ttl, c.key)
       end
+      stored[c.key] = entry
     else
       redis.call('HDEL', data, c.key)
       redis.call('ZREM', index, c.key)
       redis.call('ZREM', ttl, c.key)
+      stored[c.key] = false
     end
   end
   return added
@@ -128,14 +136,16 @@ local function add_usage(meta, usage, added)
 end
 
 -- The log is a stream with IDs `<revision>-0`: XADD refuses an ID that does not
--- grow, so a revision can never be logged twice or out of order.
-local function append_event(meta, log, revision, now, event, retention, channel, max_payload,
-    publish)
-  redis.call('XADD', log, num(revision) .. '-0', 'e', event)
-  local compact = tonumber(redis.call('HGET', meta, 'compact'))
+-- grow, so a revision can never be logged twice or out of order. `compact` is
+-- the meta hash's, read with the head; past the retention, the same XADD trims.
+local function append_event(meta, log, revision, compact, now, event, retention, channel,
+    max_payload, publish)
+  local id = num(revision) .. '-0'
   if revision - retention > compact then
     compact = revision - retention
-    redis.call('XTRIM', log, 'MINID', num(compact + 1) .. '-0')
+    redis.call('XADD', log, 'MINID', num(compact + 1) .. '-0', id, 'e', event)
+  else
+    redis.call('XADD', log, id, 'e', event)
   end
   redis.call('HSET', meta, 'rev', num(revision), 'compact', num(compact), 'utime', num(now))
   -- An empty payload still wakes listeners; they read large events from the log.

@@ -14,19 +14,19 @@ local channel = ARGV[4]
 local max_payload = tonumber(ARGV[5])
 local publish = ARGV[7]
 
-local head = redis.call('HGET', meta, 'rev')
-if not head then
+local state = redis.call('HMGET', meta, 'rev', 'compact')
+if not state[1] then
   return {0, -1}
 end
-head = tonumber(head)
+local head, compact = tonumber(state[1]), tonumber(state[2])
 
-local keys, previous = {}, {}
+local keys, previous, decoded = {}, {}, {}
 for _, key in ipairs(redis.call('ZRANGEBYSCORE', ttl, '-inf', num(now), 'LIMIT', 0, limit)) do
   local raw = redis.call('HGET', data, key)
   local entry = raw and cmsgpack.unpack(raw)
   if entry and entry[7] ~= 0 and entry[7] <= now then
     keys[#keys + 1] = key
-    previous[key] = raw
+    previous[key], decoded[key] = raw, entry
   elseif entry and entry[7] ~= 0 then
     -- The index disagrees with the entry (it never should): trust the entry.
     redis.call('ZADD', ttl, num(entry[7]), key)
@@ -43,8 +43,12 @@ if #keys > 0 then
   end
   local revision = head + 1
   local provenance = {ARGV[6], '', '', false, now}
-  add_usage(meta, usage, apply_changes(data, index, ttl, bindings, changes))
+  local function before(key)
+    return decoded[key]
+  end
+  add_usage(meta, usage, apply_changes(data, index, ttl, bindings, changes, before))
   local event = encode_event(revision, now, provenance, changes, false)
-  append_event(meta, log, revision, now, event, retention, channel, max_payload, publish)
+  append_event(meta, log, revision, compact, now, event, retention, channel, max_payload,
+    publish)
 end
 return {#keys, next_expiry(ttl)}
