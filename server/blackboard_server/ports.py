@@ -116,6 +116,11 @@ class StateStore(Protocol):
         """Deletes up to `limit` entries whose TTL has passed, one event per conversation."""
         ...
 
+    async def expire_idle(self, now_ms: int, limit: int) -> int:
+        """Deletes, as DeleteConversation does, up to `limit` conversations that have an
+        idle TTL and saw no committed write for that long; returns how many."""
+        ...
+
     def listen(self, listener: Listener) -> None:
         """Registers the listener for commit notifications."""
         ...

@@ -174,6 +174,50 @@ async def test_delete_removes_everything(store: StateStore, ref: ConversationRef
     assert again == CommitResult(True, 1, (OpResult("k", 1, 1),))
 
 
+async def test_a_conversation_idle_past_its_idle_ttl_is_deleted(
+    store: StateStore, tenant: str
+) -> None:
+    idle = ConversationRef(tenant, "idle")
+    kept = ConversationRef(tenant, "kept")  # no idle TTL: never deleted for idling
+    busy = ConversationRef(tenant, "busy")
+    await store.create_conversation(idle, {}, 5_000, now_ms=1_000)
+    await store.create_conversation(kept, {}, 0, now_ms=1_000)
+    await store.create_conversation(busy, {}, 5_000, now_ms=1_000)
+    await write(store, idle, Put("k", b"v"), now=2_000)  # idle from 7,000 on
+    await write(store, busy, Put("k", b"v"), now=2_000)
+    before = {r: await everything(store, r) for r in (idle, kept, busy)}
+
+    assert await store.expire_idle(6_999, 100) == 0
+    assert {r: await everything(store, r) for r in (idle, kept, busy)} == before
+    await write(store, busy, Put("k", b"again"), now=6_000)  # busy until 11,000
+    assert await store.expire_idle(7_000, 100) == 1
+    with pytest.raises(ConversationNotFound):
+        await store.get_conversation(idle)
+    page, _ = await store.list_conversations(tenant, "", 10)
+    assert [c.ref for c in page] == [busy, kept]
+    assert await store.expire_idle(10_999, 100) == 0
+    assert (await store.get_conversation(busy)).revision == 2
+    assert await store.expire_idle(11_000, 100) == 1
+    assert await store.expire_idle(DAY_MS, 100) == 0
+    page, _ = await store.list_conversations(tenant, "", 10)
+    assert [c.ref for c in page] == [kept]
+    # The id is free again, with no trace of the one that idled away.
+    await store.create_conversation(idle, {}, 5_000, now_ms=20_000)
+    assert await store.head(idle) == (0, 0)
+    assert await store.expire_idle(24_999, 100) == 0
+    assert await store.expire_idle(25_000, 100) == 1
+
+
+async def test_expire_idle_respects_the_limit(store: StateStore, tenant: str) -> None:
+    refs = [ConversationRef(tenant, f"c{i}") for i in range(3)]
+    for ref in refs:
+        await store.create_conversation(ref, {}, 10, now_ms=1_000)
+    assert await store.expire_idle(5_000, 2) == 2
+    assert await store.expire_idle(5_000, 2) == 1
+    page, _ = await store.list_conversations(tenant, "", 10)
+    assert page == []
+
+
 # --- grants ----------------------------------------------------------------------
 
 

@@ -551,7 +551,7 @@ class Conversation(_message.Message):
     create_time_unix_ms: _builtins.int
     update_time_unix_ms: _builtins.int
     idle_ttl_ms: _builtins.int
-    """recorded for the client; the server does not yet expire idle conversations"""
+    """0: kept until deleted; else deleted after this long with no write"""
     revision: _builtins.int
     """head revision"""
     @_builtins.property
@@ -605,6 +605,7 @@ class CreateConversationRequest(_message.Message):
     id: _builtins.str
     """empty: the server picks one"""
     idle_ttl_ms: _builtins.int
+    """0: kept until deleted; else deleted after this long with no write"""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     def __init__(

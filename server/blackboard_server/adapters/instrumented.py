@@ -141,6 +141,9 @@ class InstrumentedStore:
     async def expire_due(self, now_ms: int, limit: int) -> int:
         return await self._timed("expire_due", self.inner.expire_due(now_ms, limit))
 
+    async def expire_idle(self, now_ms: int, limit: int) -> int:
+        return await self._timed("expire_idle", self.inner.expire_idle(now_ms, limit))
+
     def listen(self, listener: Listener) -> None:
         self.inner.listen(listener)
 

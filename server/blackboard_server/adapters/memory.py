@@ -74,6 +74,7 @@ class MemoryStore:
         self._expiries: list[tuple[int, ConversationRef, str]] = []  # heap
         self._listeners: list[Listener] = []
         self._usage: dict[str, quotas.Usage] = {}  # tenant -> its conversations and bytes
+        self._idle: set[ConversationRef] = set()  # the conversations with an idle TTL
 
     # --- conversations --------------------------------------------------------
 
@@ -93,6 +94,8 @@ class MemoryStore:
         conv = _Conversation(ref, dict(metadata), now_ms, now_ms, idle_ttl_ms)
         self._conversations[ref] = conv
         usage.conversations += 1
+        if idle_ttl_ms > 0:
+            self._idle.add(ref)
         return conv.view()
 
     async def usage(self, tenant: str) -> quotas.Usage:
@@ -112,6 +115,7 @@ class MemoryStore:
     async def delete_conversation(self, ref: ConversationRef) -> None:
         conv = self._get(ref)
         del self._conversations[ref]
+        self._idle.discard(ref)
         usage = self._usage[ref.tenant]
         usage.conversations -= 1
         usage.bytes -= conv.bytes
@@ -229,6 +233,13 @@ class MemoryStore:
         while conv.reply_expiry and conv.reply_expiry[0][0] <= now_ms:
             _, request_id = conv.reply_expiry.popleft()
             conv.replies.pop(request_id, None)
+
+    async def expire_idle(self, now_ms: int, limit: int) -> int:
+        convs = (self._conversations[ref] for ref in self._idle)
+        idle = [c.ref for c in convs if c.update_time_ms + c.idle_ttl_ms <= now_ms][:limit]
+        for ref in idle:
+            await self.delete_conversation(ref)
+        return len(idle)
 
     async def expire_due(self, now_ms: int, limit: int) -> int:
         due: dict[ConversationRef, set[str]] = {}

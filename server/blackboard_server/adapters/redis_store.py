@@ -107,6 +107,8 @@ class RedisStore:
         self._cluster = isinstance(client, RedisCluster)
         self._publish = "SPUBLISH" if self._cluster else "PUBLISH"
         self._ttl_index = f"{prefix}:ttl"
+        # Conversations with an idle TTL, by a time no later than they go idle.
+        self._idle_index = f"{prefix}:idle"
         self._known_keys: dict[ConversationRef, codec.Keys] = {}
         # Reads go through redis-py, or, confirmed, through the pipe; every
         # write through the pipe, which waits for replicas when durability asks it to.
@@ -251,6 +253,8 @@ class RedisStore:
             # Indexed before it exists: a crash in between leaves an id that
             # listing skips, never a conversation that listing misses.
             await self._index("add", index, ref.id)
+            if idle_ttl_ms > 0:  # the same for the idle sweep (expire_idle)
+                await self._client.zadd(self._idle_index, {keys.tag: now_ms + idle_ttl_ms}, lt=True)
             created = await self._write(
                 "conversation",
                 (*keys.all, self._usage(keys)),
@@ -337,6 +341,7 @@ class RedisStore:
             )
             if deleted:
                 await self._unindex(index, keys, ref)
+                await self._client.zrem(self._idle_index, keys.tag)
         if not deleted:
             raise ConversationNotFound(ref.id)
 
@@ -448,6 +453,42 @@ class RedisStore:
             if following >= 0:
                 await self._client.zadd(self._ttl_index, {member: following}, lt=True)
         return int(deleted)
+
+    async def expire_idle(self, now_ms: int, limit: int) -> int:
+        """Deletes the conversations whose idle TTL passed with no write.
+
+        Writers do not touch the index: its time for a conversation is when it
+        would go idle with no write after the last check, never later than the
+        truth. The script decides from the conversation's own update time and
+        says when to look again; the member moves only after that, so a process
+        dying in between leaves it due, to be checked again.
+        """
+        async with self._guard():
+            due = await self._client.zrangebyscore(self._idle_index, "-inf", now_ms, 0, limit)
+        deleted = 0
+        for member in due:
+            deleted += await self._delete_if_idle(member, now_ms)
+        return deleted
+
+    async def _delete_if_idle(self, member: Any, now_ms: int) -> int:
+        ref = codec.Keys.ref_of(member)
+        keys = self._keys(ref)
+        async with self._guard():
+            idle_at = await self._write(
+                "conversation",
+                (*keys.all, self._usage(keys)),
+                "idle",
+                now_ms,
+                keys.channel,
+                self._publish,
+            )
+            if idle_at > 0:  # written to since: look again then
+                await self._client.zadd(self._idle_index, {member: idle_at}, xx=True)
+                return 0
+            if idle_at < 0:
+                await self._unindex(self._tenant_index(ref.tenant), keys, ref)
+            await self._client.zrem(self._idle_index, member)
+        return 1 if idle_at < 0 else 0
 
     # --- reads ----------------------------------------------------------------
 

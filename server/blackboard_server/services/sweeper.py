@@ -1,4 +1,5 @@
-"""Deletes entries whose TTL has passed, as ordinary logged deletes."""
+"""Deletes entries whose TTL has passed, as ordinary logged deletes, and
+conversations left idle past their idle TTL, as DeleteConversation does."""
 
 from __future__ import annotations
 
@@ -20,4 +21,11 @@ async def sweep_forever(store: StateStore, clock: Clock, interval_s: float) -> N
                 pass
         except Exception as error:
             log.warning("ttl sweep failed", error=str(error))
+        try:
+            while (deleted := await store.expire_idle(clock.now_ms(), BATCH)) > 0:
+                log.info("idle conversations deleted", count=deleted)
+                if deleted < BATCH:
+                    break
+        except Exception as error:
+            log.warning("idle sweep failed", error=str(error))
         await asyncio.sleep(interval_s)

@@ -8,6 +8,9 @@
 -- delete ARGV: 'delete' channel publish (PUBLISH, or SPUBLISH on a cluster)
 -- Returns 1, 0 when the conversation already exists (create) or is missing
 -- (delete), or -1 when the tenant has max_conversations already.
+-- idle ARGV:   'idle' now_ms channel publish -> deletes the conversation as 'delete'
+--              does when no write came for its idle TTL: -1; else the time it will
+--              be idle; 0 when it is missing or has no idle TTL
 -- grants ARGV: 'grants'                 -> false if missing, else {subject, role, ...}
 --              (a confirmed read: KEYS[12] is the key it writes, see common.lua)
 -- grant ARGV:  'grant' subject role     -> -1 if missing, else 1/0: the subject had a grant
@@ -46,7 +49,19 @@ if ARGV[1] == 'create' then
   redis.call('HINCRBY', usage, 'conversations', 1)
   return 1
 end
-if redis.call('EXISTS', meta) == 0 then
+local channel, publish = ARGV[2], ARGV[3]
+if ARGV[1] == 'idle' then
+  local state = redis.call('HMGET', meta, 'utime', 'idle')
+  local idle_ttl = tonumber(state[2] or '0')
+  if not state[1] or idle_ttl <= 0 then
+    return 0
+  end
+  local idle_at = tonumber(state[1]) + idle_ttl
+  if idle_at > tonumber(ARGV[2]) then
+    return idle_at
+  end
+  channel, publish = ARGV[3], ARGV[4]
+elseif redis.call('EXISTS', meta) == 0 then
   return 0
 end
 -- The conversation's own usage hash shares its key stem (`...:m`, `...:u`): it goes with it.
@@ -62,5 +77,8 @@ else
   redis.call('UNLINK', unpack(KEYS, 1, #KEYS - 1))
 end
 -- An empty payload tells watchers to look again; they will find the conversation gone.
-redis.call(ARGV[3], ARGV[2], '')
+redis.call(publish, channel, '')
+if ARGV[1] == 'idle' then
+  return -1
+end
 return 1
