@@ -63,11 +63,17 @@ async def drive(
 
 
 async def echo_baseline(
-    shape: Shape, workdir: Path, channels: int, redis: tuple[str, dict[str, int]] | None = None
+    shape: Shape,
+    workdir: Path,
+    channels: int,
+    redis: tuple[str, dict[str, int]] | None = None,
+    commit: bool = False,
 ) -> dict[str, Any]:
     """The bare echo; with `redis` (its URL and pids), the echo that first makes
-    one Redis script call (loadtest/echo.py)."""
+    one Redis script call, or with `commit` the store's commit of a Put
+    (loadtest/echo.py)."""
     flags, pids = ([], {}) if redis is None else (["--redis-url", redis[0]], redis[1])
+    flags += ["--commit"] if commit else []
     proc, address = await start_server(workdir, "echo", flags, module="loadtest.echo")
     try:
         ep = Endpoint(address)

@@ -128,6 +128,13 @@ async def _echo_redis(b: Bench) -> dict[str, Any]:
     return await echo_baseline(b.shape(), b.workdir, 1, redis)
 
 
+@phase("echo_commit", server="none")
+async def _echo_commit(b: Bench) -> dict[str, Any]:
+    """The echo after the store's commit of a Put: the floor under a Put through it."""
+    redis = (b.redis_url, {"redis": b.pids["redis"]})
+    return await echo_baseline(b.shape(), b.workdir, 1, redis, commit=True)
+
+
 @phase("put")
 async def _put(b: Bench) -> dict[str, Any]:
     return _unary(await _scenario(b, "write-heavy", b.shape(), keys=1), "put")

@@ -7,10 +7,14 @@ standard health service so the harness can wait for it like for the real server.
 With `--redis-url`, each call first makes one Redis script call that does
 nothing (`return 1`), over the same pipelined connection the store's commits
 use (adapters/redis_pipe.py): the floor under any Put that stores its write in
-Redis, with none of Blackboard's own work.
+Redis, with none of Blackboard's own work. With `--commit` as well, the call
+is instead the store's own commit of one Put (RedisStore.commit: the commit
+script, its encoding and decoding), of a batch built once at start: the floor
+under a Put through this store, without the API layer (parsing, validation,
+observation, the reply).
 
     python -m loadtest.echo --listen 127.0.0.1:PORT [--tls-cert CERT --tls-key KEY]
-                            [--redis-url redis://HOST:PORT]
+                            [--redis-url redis://HOST:PORT [--commit]]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +30,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from blackboard_server.adapters.redis_pipe import Endpoint, Script, ScriptPipe
+from blackboard_server.adapters.redis_store import RedisStore
+from blackboard_server.domain.model import ConversationRef, Put, WriteBatch
 
 SERVICE = "loadtest.Echo"
 METHOD = f"/{SERVICE}/Echo"
@@ -44,11 +51,31 @@ def echo_after_redis(pipe: ScriptPipe) -> Behaviour:
     return call
 
 
-async def serve(listen: str, tls: tuple[bytes, bytes] | None = None, redis_url: str = "") -> None:
+async def echo_after_commit(store: RedisStore) -> Behaviour:
+    ref = ConversationRef("loadtest", f"echo-{time.time_ns()}")
+    await store.create_conversation(ref, {}, 0, time.time_ns() // 1_000_000)
+    batch = WriteBatch((), (Put("agents/worker-000/status", b"x" * 116),))
+
+    async def call(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await store.commit(ref, batch, "", time.time_ns() // 1_000_000)
+        return request
+
+    return call
+
+
+async def serve(
+    listen: str, tls: tuple[bytes, bytes] | None = None, redis_url: str = "", commit: bool = False
+) -> None:
     """Serves until SIGTERM; `tls` is (private key, certificate chain), PEM."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    pipe = ScriptPipe(Endpoint.from_url(redis_url), timeout_s=30) if redis_url else None
-    behaviour = echo if pipe is None else echo_after_redis(pipe)
+    pipe = store = None
+    behaviour: Behaviour = echo
+    if redis_url and commit:
+        store = await RedisStore.connect(redis_url, prefix="loadtest", timeout_s=30)
+        behaviour = await echo_after_commit(store)
+    elif redis_url:
+        pipe = ScriptPipe(Endpoint.from_url(redis_url), timeout_s=30)
+        behaviour = echo_after_redis(pipe)
     handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
         behaviour, request_deserializer=None, response_serializer=None
     )
@@ -71,6 +98,8 @@ async def serve(listen: str, tls: tuple[bytes, bytes] | None = None, redis_url: 
     await server.stop(1.0)
     if pipe is not None:
         await pipe.aclose()
+    if store is not None:
+        await store.aclose()
 
 
 def main() -> None:
@@ -79,6 +108,7 @@ def main() -> None:
     parser.add_argument("--tls-cert", default="", help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", default="", help="and this private key (PEM)")
     parser.add_argument("--redis-url", default="", help="one Redis script call per echo")
+    parser.add_argument("--commit", action="store_true", help="the store's commit of a Put")
     args = parser.parse_args()
     tls = None
     if args.tls_cert:
@@ -86,9 +116,9 @@ def main() -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(args.listen, tls, args.redis_url))
+        asyncio.run(serve(args.listen, tls, args.redis_url, args.commit))
     else:
-        uvloop.run(serve(args.listen, tls, args.redis_url))
+        uvloop.run(serve(args.listen, tls, args.redis_url, args.commit))
 
 
 if __name__ == "__main__":

@@ -125,7 +125,8 @@ def test_a_lost_acknowledged_write_fails_the_run(tmp_path: Path) -> None:
 def test_bench_prints_the_target_table_and_writes_its_results(tmp_path: Path) -> None:
     """`make bench`, cut short: a few phases with tiny settings (figures not asserted)."""
     out = tmp_path / "results" / "latest.json"
-    phases = ["--only", "echo", "--only", "put", "--only", "fanout", "--only", "coordination"]
+    phases = ["--only", "echo", "--only", "echo_redis", "--only", "echo_commit", "--only", "put"]
+    phases += ["--only", "fanout", "--only", "coordination"]
     tiny = ["--duration", "1", "--warmup", "0.2", "--fanout-duration", "1.5"]
     tiny += ["--lock-rounds", "5", "--lock-handoffs", "2", "--wait-quiet", "0"]
     proc = subprocess.run(
@@ -139,6 +140,9 @@ def test_bench_prints_the_target_table_and_writes_its_results(tmp_path: Path) ->
     result = json.loads(out.read_text())
     assert result["put"]["check"]["passed"] and result["fanout"]["check"]["passed"]
     assert result["put"]["achieved_per_s"] > 0 and result["echo"]["achieved_per_s"] > 0
+    for floor in ("echo_redis", "echo_commit"):  # each call made its Redis call, or failed
+        assert result[floor]["achieved_per_s"] > 0 and not result[floor]["errors"], result[floor]
+        assert f"{floor} / echo QPS" in proc.stdout
     assert [c["settle_ms"] for c in result["coordination"]["handoff"]] == [0, 200]
     table = proc.stdout
     for row in ("Put / echo QPS", "fan-out 100 subscribers, p99 lag ms", "lock hand-off (at once)"):
