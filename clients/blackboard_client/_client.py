@@ -85,7 +85,9 @@ class Client(CoordinationClient):
     async def create_conversation(
         self, id: str = "", *, metadata: Mapping[str, str] | None = None, idle_ttl_ms: int = 0
     ) -> Conversation:
-        """Creates a conversation; an empty id lets the server pick one."""
+        """Creates a conversation; an empty id lets the server pick one. With
+        `idle_ttl_ms`, the server deletes it once that long passes with no write
+        (docs/api.md)."""
         request = pb.CreateConversationRequest(
             id=id, metadata=dict(metadata or {}), idle_ttl_ms=idle_ttl_ms
         )
