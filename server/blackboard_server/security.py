@@ -69,7 +69,7 @@ def server_tls(settings: Settings) -> ServerTls | None:
 def open_access(
     settings: Settings, methods: list[Authenticator], store: StateStore
 ) -> Access | None:
-    """None when auth is none: then no interceptor is installed at all."""
+    """None when auth is none: then no auth gate is installed at all."""
     if not methods:
         if not settings.embedded:
             log.warning(

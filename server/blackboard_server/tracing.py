@@ -1,7 +1,7 @@
 """OpenTelemetry spans: one per RPC, a child per Redis or etcd call.
 
 Off by default, and free when off: nothing here is imported and no span object
-is made; the interceptor and the instrumented backends test `tracer is None`.
+is made; the call observer and the instrumented backends test `tracer is None`.
 The provider belongs to the server (not the process-wide global), so tests can
 hand one server an in-memory exporter.
 

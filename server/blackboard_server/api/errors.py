@@ -118,7 +118,7 @@ H = TypeVar("H")
 
 def unary(handler: Callable[..., Awaitable[H]]) -> Callable[..., Awaitable[H]]:
     """Turns domain errors of a handler into statuses; anything else is a bug, which the
-    interceptor (api/observe.py) logs with the call's fields and reports as UNKNOWN."""
+    call observer (api/observe.py) logs with the call's fields and reports as UNKNOWN."""
 
     @functools.wraps(handler)
     async def wrapped(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> H:

@@ -1,6 +1,6 @@
 """What an RPC's outcome means for Blackboard's own counters.
 
-The interceptor knows each call's method, response and error reason; this table
+The call observer knows each call's method, response and error reason; this table
 turns them into write outcomes, coordination counts and slow-subscriber ends,
 so no service has to know about metrics.
 """
@@ -34,7 +34,7 @@ COORDINATION = {
 # Called with the response (None on error) and the error reason ("" on success).
 Outcome = Callable[[Any, str], None]
 # What a stream's access line adds to its fields (the Write stream's counts of
-# writes and failed writes); the handler sets a dict, the interceptor reads it.
+# writes and failed writes); the handler sets a dict, the call observer reads it.
 TALLY: ContextVar[dict[str, int] | None] = ContextVar("blackboard_stream_tally", default=None)
 
 

@@ -36,7 +36,7 @@ def caller(context: Context, tenant: str, verified: bool) -> Caller:
     if verified:
         who = IDENTITY.get()
         if who is None:
-            # Unreachable: the interceptor admits no call without an identity.
+            # Unreachable: the auth gate admits no call without an identity.
             raise CredentialsMissing()
         return Caller(tenant=who.tenant, agent_id=who.agent_id)
     agent = ""

@@ -161,5 +161,5 @@ _NEED = REQUIREMENTS[METHOD]
 
 def _identity() -> Any:
     who = IDENTITY.get()
-    assert who is not None  # the auth interceptor admits no call without one
+    assert who is not None  # the auth gate admits no call without one
     return who

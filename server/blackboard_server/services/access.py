@@ -1,7 +1,7 @@
 """Who may do what: authentication by the configured methods, authorization by
 role, and the grants that a conversation's admins manage.
 
-The interceptor (api/auth.py) calls `authenticate` and `authorize` once per call,
+The auth gate (api/auth.py) calls `authenticate` and `authorize` once per call,
 before the handler; nothing else decides access. An identity's own role
 bindings are checked first, with no I/O; the conversation's grants are read
 only when those do not suffice, and cached for `GRANTS_CACHE_S` (a revoke
