@@ -16,11 +16,24 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port free now and never handed out before by this process.
+
+    The kernel may give two binds in a row the same port, and servers start
+    after their ports are chosen (a cluster's node and bus ports all at once;
+    a server started by an earlier test may still hold its port): a port given
+    twice made a node fail with "Address already in use".
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for(predicate: object, timeout: float, what: str, interval: float = 0.02) -> None:
