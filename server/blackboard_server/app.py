@@ -26,6 +26,7 @@ from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
 from blackboard_server.adapters.redis_access import RedisAccess, redact
 from blackboard_server.adapters.redis_durability import Durability
+from blackboard_server.adapters.redis_notify import stop
 from blackboard_server.api import convert
 from blackboard_server.api.auth import AuthGate
 from blackboard_server.api.coordination_servicer import CoordinationServicer
@@ -412,6 +413,7 @@ async def serve(
             hub.close()
             servicer.close()
             await server.stop(settings.shutdown_grace_s)
-            for chore in chores:
-                chore.cancel()
+            # Cancelled again until done: a Redis client call can swallow a cancel
+            # (adapters/redis_notify.py), and the task group would wait forever.
+            await asyncio.gather(*(stop(chore) for chore in chores))
             log.info("stopped", address=running.address)

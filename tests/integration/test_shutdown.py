@@ -7,6 +7,7 @@ process exits 0 within its grace."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import Callable
@@ -16,9 +17,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from blackboard.v1 import blackboard_pb2 as pb
+from blackboard_server.app import serve
+from blackboard_server.config import Settings
 from tests.integration.test_api import details
 from tests.integration.test_coordination_api import Agents
-from tests.servers import ServerProcess
+from tests.servers import RedisServer, ServerProcess
 
 GRACE_S = 8.0
 Health = health_pb2.HealthCheckResponse
@@ -105,3 +108,27 @@ async def test_sigterm_drains_in_order(replicas: list[ServerProcess]) -> None:
         assert kept.ttl_ms > 0
         held_now = await on_b.co.GetLock(pb.GetLockRequest(conversation_id=conv, name="job"))
         assert held_now.token == granted.token
+
+
+async def test_stopping_never_waits_on_a_sweep_that_swallowed_its_cancel(
+    redis_server: RedisServer,
+) -> None:
+    """The sweeper's Redis calls can swallow the cancel that stops it (wait_for
+    in Python 3.11 can, inside redis-py): stopping then waited forever. A sweep
+    every half millisecond makes the race likely; before the fix, a loop like
+    this one hung within its first 25 stops."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        redis_url=redis_server.url,
+        durability="fast",
+        uvloop=False,
+        sweep_interval_s=0.0005,
+    )
+    for stops in range(40):
+        running = serve(settings)
+        await running.__aenter__()
+        await asyncio.sleep(random.random() * 0.02)
+        stopping = asyncio.ensure_future(running.__aexit__(None, None, None))
+        done, _ = await asyncio.wait({stopping}, timeout=10)
+        assert done, f"stop {stops + 1} still waiting after 10 s"
+        stopping.result()

@@ -303,7 +303,10 @@ class Hub:
         loop = asyncio.get_running_loop()
         next_poll = next_tick = loop.time()
         try:
-            while not feed.gone and not feed.detached:
+            # Also ends once the hub closes (its streams are ended then): the cancel
+            # that follows can be swallowed by a store call (asyncio.wait_for and
+            # asyncio.timeout in 3.11 can), and the task group would wait on this.
+            while not (feed.gone or feed.detached or self._closing):
                 with suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, min(next_poll, next_tick) - loop.time())):
                         await feed.kick.wait()
