@@ -610,23 +610,28 @@ class RedisClusterServers:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
     def start(self) -> RedisClusterServers:
-        for node in self.nodes:
-            node.start()
-        subprocess.run(
-            [
-                require("redis-cli"),
-                "--cluster",
-                "create",
-                *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                "--cluster-replicas",
-                str(self.replicas),
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        wait_for(self.healthy, 60, "redis cluster", interval=0.2)
+        """Every node, then the cluster; on failure the nodes started are stopped."""
+        try:
+            for node in self.nodes:
+                node.start()
+            subprocess.run(
+                [
+                    require("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    "--cluster-replicas",
+                    str(self.replicas),
+                    "--cluster-yes",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+            wait_for(self.healthy, 60, "redis cluster", interval=0.2)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def cli(self, node: RedisServer, *args: str) -> str:
