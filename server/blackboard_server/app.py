@@ -26,7 +26,6 @@ from blackboard_server.adapters.memory import MemoryStore
 from blackboard_server.adapters.memory_coordinator import MemoryCoordinator
 from blackboard_server.adapters.redis_access import RedisAccess, redact
 from blackboard_server.adapters.redis_durability import Durability
-from blackboard_server.adapters.redis_notify import stop
 from blackboard_server.api import convert
 from blackboard_server.api.auth import AuthGate
 from blackboard_server.api.coordination_servicer import CoordinationServicer
@@ -45,6 +44,7 @@ from blackboard_server.services.hub import Hub
 from blackboard_server.services.quotas import Admission, QuotaBook, QuotaFileError
 from blackboard_server.services.subscription import StreamLimits, Subscriptions
 from blackboard_server.services.sweeper import sweep_forever
+from blackboard_server.tasks import stop
 from blackboard_server.tracing import open_tracing
 
 if TYPE_CHECKING:
@@ -414,6 +414,6 @@ async def serve(
             servicer.close()
             await server.stop(settings.shutdown_grace_s)
             # Cancelled again until done: a Redis client call can swallow a cancel
-            # (adapters/redis_notify.py), and the task group would wait forever.
+            # (tasks.py), and the task group would wait forever.
             await asyncio.gather(*(stop(chore) for chore in chores))
             log.info("stopped", address=running.address)

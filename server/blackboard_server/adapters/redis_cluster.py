@@ -28,16 +28,10 @@ from redis.crc import key_slot
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from blackboard_server.adapters.redis_access import RedisAccess
-from blackboard_server.adapters.redis_notify import (
-    SHARDED,
-    Book,
-    ChannelReader,
-    Notifications,
-    raise_if_cancelling,
-    stop,
-)
+from blackboard_server.adapters.redis_notify import SHARDED, Book, ChannelReader, Notifications
 from blackboard_server.adapters.redis_pipe import Arg, Script, ScriptPipe
 from blackboard_server.domain.errors import BackendUnavailable
+from blackboard_server.tasks import raise_if_cancelling, stop
 
 log = structlog.get_logger("blackboard.redis")
 _REDIRECTS_WITHOUT_PAUSE = 2
@@ -189,7 +183,7 @@ class ShardedNotifications(Notifications):
     async def _move_forever(self) -> None:
         """After trouble: reads the slot map and moves channels to their owners."""
         while True:
-            raise_if_cancelling()  # a cancel swallowed by a connect (redis_notify.py)
+            raise_if_cancelling()  # a cancel swallowed by a connect (tasks.py)
             # Also now and then without trouble: a slot may move without Redis
             # dropping the subscription on the node that gave it away.
             with contextlib.suppress(TimeoutError):

@@ -10,11 +10,9 @@ the channels of the slots that primary owns. When a connection fails, Redis
 refuses a subscription (MOVED) or drops one (a slot moved away, a failover),
 the slot map is read again and channels move to their owners' connections.
 
-Stopping a reader survives a lost cancellation: on Python 3.11 a cancel that
-lands as redis-py's connect completes can be swallowed inside it
-(asyncio.wait_for's race), leaving the task "cancelling" but running. So the
-loops check Task.cancelling() each turn and after every error they handle, and
-stop() cancels again until the task is done.
+Stopping a reader survives a lost cancellation (blackboard_server/tasks.py):
+the loops check raise_if_cancelling() each turn and after every error they
+handle, and stop() cancels again until the task is done.
 """
 
 from __future__ import annotations
@@ -34,6 +32,7 @@ from blackboard_server.adapters import redis_codec as codec
 from blackboard_server.domain.errors import BackendUnavailable
 from blackboard_server.domain.model import ConversationRef, Event
 from blackboard_server.ports import Listener
+from blackboard_server.tasks import raise_if_cancelling, stop
 
 log = structlog.get_logger("blackboard.redis")
 ConnectionFactory = Callable[[], AbstractConnection]
@@ -51,22 +50,6 @@ class Verbs:
 
 PLAIN = Verbs("SUBSCRIBE", "UNSUBSCRIBE", b"message", b"subscribe", b"unsubscribe", False)
 SHARDED = Verbs("SSUBSCRIBE", "SUNSUBSCRIBE", b"smessage", b"ssubscribe", b"sunsubscribe", True)
-
-
-def raise_if_cancelling() -> None:
-    """Raises CancelledError if this task was cancelled, even if the cancel was swallowed."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
-async def stop(task: asyncio.Task[None]) -> None:
-    """Cancels `task` and waits until it is done, cancelling again in case a cancel was lost."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.1)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class Book:
@@ -285,6 +268,4 @@ __all__ = [
     "ChannelReader",
     "Notifications",
     "PlainNotifications",
-    "raise_if_cancelling",
-    "stop",
 ]

@@ -330,7 +330,7 @@ class RedisStore:
         return page[:limit], len(page) > limit
 
     async def delete_conversation(self, ref: ConversationRef) -> None:
-        keys, index = self._keys(ref), self._tenant_index(ref.tenant)
+        keys = self._keys(ref)
         async with self._guard():
             deleted = await self._write(
                 "conversation",
@@ -340,8 +340,7 @@ class RedisStore:
                 self._publish,
             )
             if deleted:
-                await self._unindex(index, keys, ref)
-                await self._client.zrem(self._idle_index, keys.tag)
+                await self._forget(ref, keys)
         if not deleted:
             raise ConversationNotFound(ref.id)
 
@@ -486,9 +485,15 @@ class RedisStore:
                 await self._client.zadd(self._idle_index, {member: idle_at}, xx=True)
                 return 0
             if idle_at < 0:
-                await self._unindex(self._tenant_index(ref.tenant), keys, ref)
-            await self._client.zrem(self._idle_index, member)
+                await self._forget(ref, keys)
+            else:  # gone already, or no idle TTL
+                await self._client.zrem(self._idle_index, member)
         return 1 if idle_at < 0 else 0
+
+    async def _forget(self, ref: ConversationRef, keys: codec.Keys) -> None:
+        """Out of the indexes, once the conversation's keys are deleted."""
+        await self._unindex(self._tenant_index(ref.tenant), keys, ref)
+        await self._client.zrem(self._idle_index, keys.tag)
 
     # --- reads ----------------------------------------------------------------
 

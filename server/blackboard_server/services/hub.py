@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager, suppress
 from blackboard_server.domain.errors import ConversationNotFound, RevisionCompacted
 from blackboard_server.domain.model import ConversationRef, Event
 from blackboard_server.ports import StateStore
+from blackboard_server.tasks import stop
 
 Encoder = Callable[[Event], bytes]
 PAGE = 1000
@@ -235,8 +236,9 @@ class Hub:
                 yield self
             finally:
                 self.close()
-                for pump in list(self._running_pumps):
-                    pump.cancel()
+                # Cancelled until done: a store call can swallow a cancel (tasks.py),
+                # and the task group would wait on the pump.
+                await asyncio.gather(*(stop(pump) for pump in list(self._running_pumps)))
 
     def close(self) -> None:
         """Ends every stream with a resumable status (the replica is draining)."""
@@ -303,10 +305,7 @@ class Hub:
         loop = asyncio.get_running_loop()
         next_poll = next_tick = loop.time()
         try:
-            # Also ends once the hub closes (its streams are ended then): the cancel
-            # that follows can be swallowed by a store call (asyncio.wait_for and
-            # asyncio.timeout in 3.11 can), and the task group would wait on this.
-            while not (feed.gone or feed.detached or self._closing):
+            while not feed.gone and not feed.detached:
                 with suppress(TimeoutError):
                     async with asyncio.timeout(max(0.0, min(next_poll, next_tick) - loop.time())):
                         await feed.kick.wait()
