@@ -9,9 +9,12 @@ returned, and a failed write raises what the unary call would have raised.
 Retries follow the client's `RetryPolicy`, per write: a write answered
 `Unavailable`, or in flight when the stream broke with a retryable status, is
 sent again (on a new stream if need be) after the policy's backoff, until its
-attempts run out. Every write carries a request id, so a write sent twice is
-applied once. The client's `timeout` bounds each write from its call to its
-outcome, retries included; a write that ran out of time may still apply.
+attempts run out. So is one in flight when the stream broke with INTERNAL while
+a message was being sent: gRPC reports that status, in place of the server's,
+when a message goes out as the server ends the stream. Every write carries a
+request id, so a write sent twice is applied once. The client's `timeout`
+bounds each write from its call to its outcome, retries included; a write that
+ran out of time may still apply.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from blackboard_client import _convert, _requests
 from blackboard_client._errors import (
     BlackboardError,
     DeadlineExceeded,
+    InternalError,
     error_from_rpc,
     error_from_status,
 )
@@ -76,6 +80,8 @@ class Writer:
         self._sequence = itertools.count(1)
         self._wake = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
+        # A message was on its way, or failed to go, on the current stream.
+        self._sending = False
 
     # --- lifetime -----------------------------------------------------------------
 
@@ -230,6 +236,7 @@ class Writer:
                 self._wake.clear()
                 await self._wake.wait()
             call = self._open(metadata=self._metadata)
+            self._sending = False
             sender = asyncio.create_task(self._send(call))
             try:
                 async for response in _responses(call):
@@ -247,7 +254,11 @@ class Writer:
             if error is None:
                 self._unsent = deque(sorted(self._pending))
                 continue
-            retryable = self._retry.retryable(error)
+            # A write sent as the server ends the stream fails in gRPC's core, and the
+            # call then reports INTERNAL in place of the server's status: the stream
+            # broke, no more is known, and every write carries its request id.
+            lost = self._sending and isinstance(error, InternalError)
+            retryable = lost or self._retry.retryable(error)
             self._fail_all(error, retryable=retryable)
             if retryable:
                 breaks += 1
@@ -265,10 +276,12 @@ class Writer:
                     batch.append(write.message)
             if not batch:
                 continue
+            self._sending = True
             try:
                 await call.write(pb.WriteStreamRequest(writes=batch))
             except (grpc.RpcError, asyncio.InvalidStateError):
                 return  # the stream ended: the reader sees why; unanswered writes go again
+            self._sending = False
 
 
 async def _responses(call: Any) -> AsyncIterator[pb.WriteStreamResponse]:
